@@ -1,0 +1,3 @@
+"""nextchar: multilingual next-character prediction for text entry."""
+
+__version__ = "0.1.0"

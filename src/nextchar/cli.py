@@ -1,0 +1,198 @@
+"""Command-line interface: each command parses its options and calls one library function."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from nextchar.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Multilingual next-character prediction for text entry.")
+
+
+def friendly(fn):
+    """Turn a UserError into a one-line message and exit code 2, and Ctrl-C into exit code 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def threads_option(n: int) -> None:
+    from nextchar.train import set_threads
+
+    set_threads(n)
+
+
+Threads = Annotated[int, typer.Option(help="Torch CPU threads (0 = all cores).")]
+
+
+@app.command()
+@friendly
+def prepare(
+    out: Annotated[Path, typer.Option("--out", help="Data directory to write.")],
+    corpus: Annotated[Optional[Path], typer.Option(help="Folder of <lang>.txt UTF-8 files (default: Dasher texts).")] = None,
+    min_count: Annotated[int, typer.Option(help="Keep characters seen at least this often in train.")] = 2,
+):
+    """Normalize a corpus, split it per language and write the vocabulary and token arrays."""
+    from nextchar.corpus import prepare as run
+
+    run(out, corpus, min_count)
+
+
+@app.command()
+@friendly
+def train(
+    data: Annotated[Path, typer.Option(help="Prepared data directory.")],
+    out: Annotated[Path, typer.Option(help="Run directory to write.")],
+    preset: Annotated[Optional[str], typer.Option(help="Named configuration (see configs/ and `nextchar presets`).")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="TOML file with [model] and [train] tables.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override, e.g. model.n_layers=4 (repeatable).")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Budget in optimizer steps.")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(help="Budget in training characters.")] = None,
+    max_minutes: Annotated[Optional[float], typer.Option(help="Budget in wall-clock minutes of training.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="Torch CPU threads (0 = all cores).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its latest checkpoint.")] = False,
+    model: Annotated[str, typer.Option(help="transformer, or ngram for the Kneser-Ney baseline.")] = "transformer",
+    order: Annotated[int, typer.Option(help="n-gram order (with --model ngram; 0 = choose on dev).")] = 0,
+):
+    """Train a model (a CharTransformer, or the n-gram baseline) into a run directory."""
+    if model == "ngram":
+        from nextchar.ngram import train_ngram
+
+        train_ngram(data, out, order or None)
+        return
+    if model != "transformer":
+        raise UserError(f"--model {model!r}: choose transformer or ngram")
+    from nextchar.train import train_from_options
+
+    budget = {"max_steps": max_steps, "max_tokens": max_tokens, "max_minutes": max_minutes, "device": device,
+              "threads": threads}
+    train_from_options(str(data), str(out), preset, str(config) if config else None, set_ or [], resume, budget)
+
+
+@app.command("eval")
+@friendly
+def eval_(
+    run: Annotated[Path, typer.Option(help="Run directory.")],
+    split: Annotated[str, typer.Option(help="dev or test.")] = "test",
+    data: Annotated[Optional[Path], typer.Option(help="Data directory (default: the one the run was trained on).")] = None,
+    positions: Annotated[int, typer.Option(help="Evenly spaced positions per language.")] = 2000,
+    threads: Threads = 0,
+):
+    """Per-language top-1/top-3 accuracy, cross-entropy and bits per character; writes RUN/eval_<split>.json."""
+    from nextchar.evaluate import eval_run, format_table
+
+    threads_option(threads)
+    res = eval_run(run, split, data, positions)
+    typer.echo(format_table(res))
+    typer.echo(f"wrote {run / f'eval_{split}.json'}")
+
+
+@app.command()
+@friendly
+def predict(
+    prefix: Annotated[Optional[str], typer.Argument(help="Text typed so far.")] = None,
+    run: Annotated[Optional[Path], typer.Option(help="Run directory (default: the model shipped with nextchar).")] = None,
+    k: Annotated[int, typer.Option("-k", help="How many characters to suggest.")] = 3,
+    input: Annotated[Optional[Path], typer.Option("--input", help="File of prefixes, one per line.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", help="Where file mode writes k characters per line.")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="File mode writes JSON lines with probabilities.")] = False,
+    threads: Threads = 0,
+):
+    """Suggest the k most likely next characters for a prefix, or for every line of a file."""
+    from nextchar.predict import Predictor, predict_file
+
+    threads_option(threads)
+    if (input is None) == (prefix is None):
+        raise UserError("give either a PREFIX argument or --input FILE (with --output FILE)")
+    if input is not None and output is None:
+        raise UserError("--input needs --output FILE")
+    pred = Predictor.load(resolve_run(run))
+    if input is not None:
+        n = predict_file(pred, input, output, k, json_)
+        typer.echo(f"wrote {n} lines to {output}", err=True)
+        return
+    for ch, p in pred.topk(prefix, k):
+        typer.echo(f"{show(ch)}\t{p:.4f}")
+
+
+def show(ch: str) -> str:
+    """A suggestion as text a terminal can show: spaces and invisible characters named."""
+    return {" ": "<space>"}.get(ch, ch) if ch.isprintable() else f"U+{ord(ch):04X}"
+
+
+def resolve_run(run: Optional[Path]) -> Path:
+    if run is not None:
+        return run
+    from nextchar import models
+
+    return models.default_model()
+
+
+@app.command()
+@friendly
+def params(
+    preset: Annotated[str, typer.Option(help="Named configuration.")],
+    vocab_size: Annotated[int, typer.Option(help="Vocabulary size (characters + specials).")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override, e.g. model.n_layers=4.")] = None,
+):
+    """Print the parameter count of a preset for a given vocabulary size."""
+    from nextchar import config
+    from nextchar.model import CharTransformer
+
+    cfg = config.load(preset, None, set_ or [])
+    cfg.model.vocab_size = vocab_size
+    if vocab_size < 1:
+        raise UserError(f"--vocab-size {vocab_size}: must be at least 1")
+    typer.echo(f"{CharTransformer(cfg.model).num_params():,}")
+
+
+@app.command()
+def presets():
+    """List the named configurations."""
+    from nextchar.config import PRESETS
+
+    for name, p in sorted(PRESETS.items()):
+        m = p["model"]
+        typer.echo(f"{name:<16} {m.get('variant', 'modern'):<7} d={m.get('d_model')} layers={m.get('n_layers')} "
+                   f"heads={m.get('n_heads')} ff={m.get('d_ff')} dropout={m.get('dropout')}")
+
+
+@app.command()
+@friendly
+def quickstart(
+    data: Annotated[Path, typer.Option(help="Data directory (prepared from Dasher if missing).")] = Path("data/dasher"),
+    run: Annotated[Path, typer.Option(help="Run directory to write.")] = Path("runs/quickstart"),
+    preset: Annotated[str, typer.Option(help="Model preset.")] = "quick",
+    minutes: Annotated[float, typer.Option(help="Training budget in minutes.")] = 10.0,
+    threads: Threads = 0,
+):
+    """The main job: prepare Dasher, train a small model on CPU, evaluate on test, show suggestions."""
+    from nextchar.quickstart import quickstart as run_quickstart
+
+    run_quickstart(data, run, preset, minutes, threads)
+
+
+def main() -> None:
+    app(prog_name="nextchar")
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)

@@ -1,0 +1,349 @@
+"""Corpus sources (Dasher training texts or a folder of <lang>.txt), normalization, splits, and prepare()."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import time
+import unicodedata
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from nextchar.data import SPLITS, atomic_write, write_tokens
+from nextchar.errors import UserError
+from nextchar.vocab import UNK, Vocab
+
+log = logging.getLogger(__name__)
+
+# label -> the part of usr/share/dasher/training_<name>.txt in Debian's dasher-data package.
+DASHER_FILES = {
+    "en": "english_GB", "es": "spanish_ES", "fr": "french_FR", "de": "german_DE", "it": "italian_IT",
+    "pt": "portuguese_BR", "nl": "dutch_NL", "pl": "polish_PL", "cs": "czech_CS", "ru": "russian_RU",
+    "sv": "swedish_SE", "da": "danish_DK", "fi": "finnish_FI", "hu": "hungarian_HU", "tr": "turkish_TR",
+    "el": "greek_GR", "he": "hebrew_IL", "fa": "persian_IR", "bn": "bengali_BD", "cy": "welsh_GB",
+    "eu": "basque_ES", "sq": "albanian_SQ", "sw": "swahili_KE", "mn": "mongolian_MN",
+}
+DASHER_PACKAGE = "dasher-data"
+DASHER_DIR = "usr/share/dasher"
+FOLDER_HINT = "pass a folder instead: nextchar prepare --corpus DIR (a folder of <lang>.txt UTF-8 files)"
+
+SPLIT_FRACTIONS = (0.90, 0.95)  # train ends at 90%, dev at 95%, test is the rest
+CUT_WINDOW = 2000  # how far a cut may move forward to reach a paragraph start or a space
+
+_NEWLINES = re.compile("\r\n?|[\x85\u2028\u2029]")
+_BLANK_LINE = re.compile(r"\n\s*\n")  # \s is Unicode whitespace, the same set str.split() uses
+# Control characters that are not whitespace, C1 (U+0080-U+009F) and stray BOMs/ZWNBSPs (e.g. left where files
+# were concatenated). Whitespace controls (\t, \x0b, \x0c, \x1c-\x1f) are left to the whitespace rules.
+_CONTROLS = re.compile("[\x00-\x08\x0e-\x1b\x7f-\x9f\ufeff]")
+
+
+def _control_fixes() -> dict[str, str]:
+    # C1 controls in "UTF-8" text are nearly always Windows-1252 bytes decoded as Latin-1 (the Dasher French text
+    # has 990 U+0092 for the apostrophe), so map them back; everything else that matched is dropped.
+    fixes = {}
+    for cp in range(0x80, 0xA0):
+        try:
+            fixes[chr(cp)] = bytes([cp]).decode("cp1252")
+        except UnicodeDecodeError:
+            pass
+    return fixes
+
+
+_CONTROL_FIXES = _control_fixes()
+
+
+def normalize(raw: bytes, name: str) -> str:
+    """Clean text: UTF-8 (bad bytes -> U+FFFD, logged), NFC, one space per whitespace run, "\\n" between paragraphs.
+
+    Paragraphs are separated by blank lines (whitespace-only lines count); single line breaks inside a paragraph
+    become spaces. Also (beyond plain whitespace rules): C1 controls are read as Windows-1252, other
+    non-whitespace control characters and every U+FEFF are dropped. Raises UserError when raw looks binary.
+    """
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise UserError(f"{name}: looks like UTF-16 text; save it as UTF-8")
+    # NUL early on (git's test) or many NULs anywhere: binary. A couple of stray NULs in a big text are just dropped.
+    if b"\x00" in raw[:8000] or raw.count(b"\x00") > len(raw) // 1000:
+        raise UserError(f"{name}: looks binary (contains NUL bytes); expected UTF-8 text")
+    text = raw.decode("utf-8", "replace")
+    bad = text.count("\ufffd") - raw.count("\ufffd".encode("utf-8"))
+    if bad:
+        if bad > 0.25 * len(text):
+            raise UserError(f"{name}: looks binary ({bad} invalid UTF-8 sequences in {len(text)} characters); "
+                            "expected UTF-8 text")
+        log.warning("%s: replaced %d invalid UTF-8 byte sequence(s) with U+FFFD (is the file UTF-8?)", name, bad)
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    text = _NEWLINES.sub("\n", text)  # before the C1 fix-up: U+0085 is NEL here, not "…"
+    text = _CONTROLS.sub(lambda m: _CONTROL_FIXES.get(m.group(), ""), text)
+    text = unicodedata.normalize("NFC", text)
+    paragraphs = (" ".join(p.split()) for p in _BLANK_LINE.split(text))
+    return "\n".join(p for p in paragraphs if p)
+
+
+def split_text(text: str) -> tuple[str, str, str]:
+    """Contiguous (train, dev, test) = ~90/5/5% of text's characters; train + dev + test == text.
+
+    Each cut moves forward to the next paragraph start (just after a "\\n"); if no "\\n" is near, to just after
+    the next space (so every split starts at a word); else it stays. "Near" is CUT_WINDOW characters and never
+    into the last character of the next split, so for len(text) >= 20 all three splits are non-empty.
+    """
+    n = len(text)
+    if n == 0:
+        return "", "", ""
+    raw1 = max(1, int(n * SPLIT_FRACTIONS[0]))
+    raw2 = max(raw1, int(n * SPLIT_FRACTIONS[1]))
+    cut1 = _move_cut(text, raw1, raw2 - 1)
+    cut2 = _move_cut(text, raw2, n - 1)
+    return text[:cut1], text[cut1:cut2], text[cut2:]
+
+
+def _move_cut(text: str, cut: int, limit: int) -> int:
+    """The first paragraph start, else word start, in [cut, min(cut + CUT_WINDOW, limit)]; else cut."""
+    if cut >= limit or text[cut - 1] == "\n":
+        return cut
+    end = min(cut + CUT_WINDOW, limit)  # a separator at index j gives cut j + 1 <= end
+    for sep in ("\n", " "):
+        j = text.find(sep, cut, end)
+        if j >= 0:
+            return j + 1
+    return cut
+
+
+# ---------------------------------------------------------------- sources
+
+
+def read_folder(path: str | Path) -> dict[str, str]:
+    """Normalized texts of a folder of <lang>.txt files, by language label (the file stem)."""
+    root = Path(path)
+    if not root.exists():
+        raise UserError(f"{root}: corpus folder not found")
+    if not root.is_dir():
+        raise UserError(f"{root}: not a folder (--corpus wants a folder of <lang>.txt files)")
+    try:
+        files = sorted(p for p in root.iterdir() if p.suffix == ".txt" and not p.name.startswith("."))
+    except OSError as e:
+        raise UserError(f"{root}: cannot list folder ({e.strerror})") from None
+    if not files:
+        raise UserError(f"{root}: no .txt files (expected one <lang>.txt per language, e.g. en.txt)")
+    texts = {}
+    for p in files:
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", p.stem):
+            raise UserError(f"{p}: language label {p.stem!r} (the file name) may only use letters, digits, - and _")
+        if not p.is_file():
+            raise UserError(f"{p}: not a regular file")
+        try:
+            raw = p.read_bytes()
+        except OSError as e:
+            raise UserError(f"{p}: cannot read ({e.strerror})") from None
+        texts[p.stem] = _nonempty(normalize(raw, str(p)), p)
+    return texts
+
+
+def _nonempty(text: str, origin: Path) -> str:
+    if not text:
+        raise UserError(f"{origin}: no text (empty or only whitespace after normalization)")
+    return text
+
+
+def cache_dir() -> Path:
+    """Where downloads go: $NEXTCHAR_CACHE/dasher, default ~/.cache/nextchar/dasher."""
+    root = os.environ.get("NEXTCHAR_CACHE")
+    return (Path(root).expanduser() if root else Path.home() / ".cache" / "nextchar") / "dasher"
+
+
+def read_dasher(cache: str | Path | None = None) -> dict[str, str]:
+    """Normalized Dasher training texts for the 24 languages of DASHER_FILES, fetching the .deb if needed."""
+    cache = Path(cache) if cache is not None else cache_dir()
+    deb = fetch_dasher_deb(cache)
+    root = unpacked_deb(deb, cache) / DASHER_DIR
+    texts = {}
+    for lang, part in DASHER_FILES.items():
+        p = root / f"training_{part}.txt"
+        try:
+            raw = p.read_bytes()
+        except OSError as e:
+            raise UserError(f"{p}: cannot read Dasher text ({e.strerror}); delete {cache} to fetch it again") from None
+        texts[lang] = _nonempty(normalize(raw, str(p)), p)
+    return texts
+
+
+def fetch_dasher_deb(cache: Path) -> Path:
+    """The dasher-data .deb in cache, downloaded with `apt-get download` unless one is already there."""
+    debs = sorted(cache.glob(f"{DASHER_PACKAGE}_*.deb"))
+    if debs:
+        return debs[-1]
+    if shutil.which("apt-get") is None:
+        raise UserError(f"cannot fetch the Dasher corpus: apt-get is not available; {FOLDER_HINT}")
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".download-"))
+    except OSError as e:
+        raise UserError(f"{cache}: cannot create cache dir ({e.strerror}); set NEXTCHAR_CACHE elsewhere") from None
+    try:
+        # Download into a private dir, then move: an interrupted download never looks like a cached .deb.
+        ok, out = _run(["apt-get", "download", DASHER_PACKAGE], tmp)
+        if not ok and _is_root():  # empty or stale package lists are the usual cause
+            log.warning("apt-get download %s failed; running apt-get update once and retrying", DASHER_PACKAGE)
+            _run(["apt-get", "update"], tmp)
+            ok, out = _run(["apt-get", "download", DASHER_PACKAGE], tmp)
+        got = sorted(tmp.glob(f"{DASHER_PACKAGE}_*.deb"))
+        if not ok or not got:
+            last = out.strip().splitlines()[-1] if out.strip() else "no output"
+            raise UserError(f"cannot fetch the Dasher corpus: `apt-get download {DASHER_PACKAGE}` failed ({last}); "
+                            f"{FOLDER_HINT}")
+        deb = cache / got[-1].name
+        os.replace(got[-1], deb)
+        return deb
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _is_root() -> bool:
+    return getattr(os, "geteuid", lambda: -1)() == 0
+
+
+def _run(cmd: list[str], cwd: Path) -> tuple[bool, str]:
+    try:
+        r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return False, str(e)
+    return r.returncode == 0, r.stdout + r.stderr
+
+
+def unpacked_deb(deb: Path, cache: Path) -> Path:
+    """Root of deb's files unpacked (not installed) under cache, unpacking once and reusing it after."""
+    dest = cache / deb.name.removesuffix(".deb")
+    if dest.is_dir():
+        return dest
+    tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".unpack-"))
+    try:
+        if shutil.which("dpkg-deb"):
+            ok, out = _run(["dpkg-deb", "-x", str(deb), str(tmp)], cache)
+            if not ok:
+                raise UserError(f"{deb}: dpkg-deb could not unpack it ({out.strip()}); delete it to download again")
+        else:
+            extract_deb(deb, tmp)
+        os.replace(tmp, dest)  # only a complete unpack gets the name that is reused
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def extract_deb(deb: Path, dest: Path) -> None:
+    """Unpack a .deb's files into dest in pure Python (for systems without dpkg-deb)."""
+    name, payload = _deb_data_member(deb)
+    try:
+        with tarfile.open(fileobj=io.BytesIO(payload), mode="r:*") as tar:
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(dest, filter="data")
+            else:  # Python without extraction filters: take regular files and dirs with safe names only
+                safe = [m for m in tar.getmembers() if (m.isfile() or m.isdir())
+                        and not m.name.startswith("/") and ".." not in Path(m.name).parts]
+                tar.extractall(dest, members=safe)
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise UserError(f"{deb}: cannot unpack {name} ({e}); install dpkg-deb, or delete the .deb to "
+                        "download it again") from None
+
+
+def _deb_data_member(deb: Path) -> tuple[str, bytes]:
+    """(name, bytes) of the data.tar.* member of a .deb, which is an `ar` archive."""
+    blob = deb.read_bytes()
+    if not blob.startswith(b"!<arch>\n"):
+        raise UserError(f"{deb}: not a .deb (ar) archive; delete it to download again")
+    pos = 8
+    while pos + 60 <= len(blob):
+        header = blob[pos:pos + 60]
+        name = header[:16].decode("ascii", "replace").strip().rstrip("/")
+        try:
+            size = int(header[48:58])
+        except ValueError:
+            break
+        if name.startswith("data.tar"):
+            return name, blob[pos + 60:pos + 60 + size]
+        pos += 60 + size + (size & 1)  # members are 2-byte aligned
+    raise UserError(f"{deb}: no data.tar member; delete it to download again")
+
+
+# ---------------------------------------------------------------- prepare
+
+
+def char_counts(texts) -> Counter:
+    """Character counts over texts (vectorized: a histogram of code points)."""
+    hist = np.zeros(0x110000, dtype=np.int64)
+    for t in texts:
+        hist += np.bincount(np.frombuffer(t.encode("utf-32-le", "surrogatepass"), "<u4"), minlength=0x110000)
+    nz = np.flatnonzero(hist)
+    return Counter({chr(cp): int(hist[cp]) for cp in nz})
+
+
+def prepare(out: str | Path, corpus: str | Path | None = None, min_count: int = 2) -> dict:
+    """Read, normalize, split, build the vocab on train, encode and write the data dir; returns stats.json's dict."""
+    t0 = time.perf_counter()
+    out = Path(out)
+    if corpus is None:
+        texts, source = read_dasher(), "dasher"
+    else:
+        texts, source = read_folder(corpus), str(Path(corpus).resolve())
+    splits = {lang: split_text(text) for lang, text in sorted(texts.items())}
+    vocab = Vocab.build(char_counts(s[0] for s in splits.values()), min_count=min_count)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{out}: cannot create data dir ({e.strerror or e})") from None
+    languages = {}
+    distinct = {}
+    for lang, parts in splits.items():
+        try:
+            (out / lang).mkdir(exist_ok=True)
+        except OSError as e:
+            raise UserError(f"{out / lang}: cannot create ({e.strerror or e})") from None
+        entry = {}
+        for split, text in zip(SPLITS, parts):
+            ids = vocab.encode(text)
+            write_tokens(out / lang / f"{split}.bin", ids, vocab.dtype)
+            entry[split] = len(ids)
+            entry[f"unk_{split}"] = int(np.count_nonzero(ids == UNK))
+        languages[lang] = {k: entry[k] for k in ("train", "dev", "test", "unk_train", "unk_dev", "unk_test")}
+        distinct[lang] = len(set(texts[lang]))
+    vocab.save(out / "vocab.json")
+    stats = {"source": source, "dtype": vocab.dtype.name, "vocab_size": vocab.size, "vocab_hash": vocab.hash,
+             "min_count": min_count, "languages": languages}
+    # stats.json last: it is what open_data() trusts, so it only ever describes files already in place.
+    atomic_write(out / "stats.json", (json.dumps(stats, ensure_ascii=False, indent=1) + "\n").encode("utf-8"))
+    print(summary_table(stats, distinct))
+    print(f"vocab: {vocab.size} tokens (min_count {min_count}, hash {vocab.hash}); wrote {out} "
+          f"in {time.perf_counter() - t0:.1f}s")
+    return stats
+
+
+def summary_table(stats: dict, distinct: dict[str, int] | None = None) -> str:
+    """Per-language chars per split, dev unknown-char rate and distinct chars, plus a total line."""
+    distinct = distinct or {}
+    rows = [("lang", "train", "dev", "test", "dev unk%", "distinct")]
+    tot = dict.fromkeys(("train", "dev", "test", "unk_dev"), 0)
+    for lang, e in sorted(stats["languages"].items()):
+        for k in tot:
+            tot[k] += e.get(k, 0)
+        rows.append((lang, f"{e['train']:,}", f"{e['dev']:,}", f"{e['test']:,}", _pct(e.get("unk_dev", 0), e["dev"]),
+                     str(distinct.get(lang, ""))))
+    rows.append(("total", f"{tot['train']:,}", f"{tot['dev']:,}", f"{tot['test']:,}", _pct(tot["unk_dev"], tot["dev"]),
+                 f"{stats['vocab_size']} (vocab)"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) if i in (0, 5) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+             for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    lines.insert(len(lines) - 1, "-" * len(lines[0]))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _pct(k: int, n: int) -> str:
+    return f"{100 * k / n:.2f}%" if n else "-"
