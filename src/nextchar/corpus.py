@@ -92,25 +92,26 @@ def normalize(raw: bytes, name: str) -> str:
 def split_text(text: str) -> tuple[str, str, str]:
     """Contiguous (train, dev, test) = ~90/5/5% of text's characters; train + dev + test == text.
 
-    Each cut moves forward to the next paragraph start (just after a "\\n"); if no "\\n" is near, to just after
-    the next space (so every split starts at a word); else it stays. "Near" is CUT_WINDOW characters and never
-    into the last character of the next split, so for len(text) >= 20 all three splits are non-empty.
+    Each cut moves forward to the next paragraph start (just after a "\\n"); if there is none near, to just after
+    the next space (so every split starts at a word); else it stays. "Near" is within CUT_WINDOW characters and
+    within half the nominal size of the split that follows, so on small texts a cut never eats most of dev or
+    test; for len(text) >= 20 all three splits are non-empty.
     """
     n = len(text)
     if n == 0:
         return "", "", ""
     raw1 = max(1, int(n * SPLIT_FRACTIONS[0]))
     raw2 = max(raw1, int(n * SPLIT_FRACTIONS[1]))
-    cut1 = _move_cut(text, raw1, raw2 - 1)
-    cut2 = _move_cut(text, raw2, n - 1)
+    cut1 = _move_cut(text, raw1, (raw2 - raw1) // 2)
+    cut2 = _move_cut(text, raw2, (n - raw2) // 2)
     return text[:cut1], text[cut1:cut2], text[cut2:]
 
 
-def _move_cut(text: str, cut: int, limit: int) -> int:
-    """The first paragraph start, else word start, in [cut, min(cut + CUT_WINDOW, limit)]; else cut."""
-    if cut >= limit or text[cut - 1] == "\n":
+def _move_cut(text: str, cut: int, max_move: int) -> int:
+    """The first paragraph start, else word start, in (cut, cut + min(CUT_WINDOW, max_move)]; else cut."""
+    if text[cut - 1] == "\n":
         return cut
-    end = min(cut + CUT_WINDOW, limit)  # a separator at index j gives cut j + 1 <= end
+    end = cut + min(CUT_WINDOW, max_move)  # a separator at index j < end moves the cut to j + 1 <= end
     for sep in ("\n", " "):
         j = text.find(sep, cut, end)
         if j >= 0:

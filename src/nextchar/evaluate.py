@@ -38,13 +38,14 @@ def evaluate(pred: Predictor, ds: DataSet, split: str = "dev", positions: int = 
             top1 += (best == y).sum()
             top3 += (top == y[:, None]).any(axis=1).sum()
         n = len(pos)
-        langs[lang] = {"n": n, "top1": top1 / n, "top3": top3 / n, "ce": ce / n, "bpc": ce / n / math.log(2)}
+        langs[lang] = {"n": n, "top1": float(top1 / n), "top3": float(top3 / n), "ce": float(ce / n),
+                       "bpc": float(ce / n / math.log(2))}
     if not langs:
         raise UserError(f"{ds.path}: the {split} split is empty for every language")
     keys = ("top1", "top3", "ce", "bpc")
     total = sum(m["n"] for m in langs.values())
     macro = {k: float(np.mean([m[k] for m in langs.values()])) for k in keys}
-    micro = {k: sum(m[k] * m["n"] for m in langs.values()) / total for k in keys}
+    micro = {k: float(sum(m[k] * m["n"] for m in langs.values()) / total) for k in keys}
     return {"split": split, "positions": positions, "languages": langs, "macro": macro, "micro": micro}
 
 

@@ -1,0 +1,122 @@
+"""Shared fixtures: a tiny multilingual corpus (many scripts) and a data dir prepared from it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+# A few real-looking paragraphs per language; _repeat() makes each file >= MIN_CHARS characters.
+PARAGRAPHS: dict[str, list[str]] = {
+    "en": [
+        "The quick brown fox jumps over the lazy dog. Every morning, the old librarian opened the windows and let "
+        "the cold air into the reading room. She believed that books, like people, needed to breathe.",
+        "Dasher is a text-entry interface driven by continuous pointing gestures. It is useful wherever a full-size "
+        "keyboard cannot be used: on a palmtop computer, with one hand, or with an eye tracker.",
+        "\"Would you like some tea?\" asked Mr. Jones at half past four. \"Yes, please - two sugars and a little "
+        "milk,\" replied his guest, who had walked 12 miles that day.",
+    ],
+    "fr": [
+        "Le vieux château dominait la vallée depuis plus de huit siècles. Chaque été, des milliers de touristes "
+        "montaient jusqu'à ses remparts pour admirer le paysage.",
+        "Où est la boulangerie la plus proche ? Il faut tourner à gauche après l'église, puis continuer tout droit "
+        "jusqu'à la place du marché. C'est à deux minutes à pied.",
+        "Noël approche : les enfants écrivent leurs lettres, et les rues s'illuminent de guirlandes. À la fenêtre, "
+        "une bougie brûle doucement ; l'hiver sera long, mais personne ne s'en plaint.",
+    ],
+    "ru": [
+        "Москва — столица России и один из крупнейших городов Европы. Летом в парках гуляют семьи с детьми, а "
+        "зимой на катках звучит музыка.",
+        "Вчера я прочитал интересную книгу о путешествиях. Автор рассказывает, как он прошёл пешком через всю "
+        "Сибирь и встретил много добрых людей.",
+        "«Где ты был так долго?» — спросила мама. «Я помогал соседу чинить забор», — ответил мальчик и улыбнулся.",
+    ],
+    "el": [
+        "Η Αθήνα είναι η πρωτεύουσα της Ελλάδας και μία από τις αρχαιότερες πόλεις του κόσμου. Κάθε χρόνο "
+        "χιλιάδες επισκέπτες ανεβαίνουν στην Ακρόπολη.",
+        "Το καλοκαίρι πηγαίνουμε στα νησιά για να κολυμπήσουμε στη θάλασσα. Το νερό είναι καθαρό και ζεστό, και ο "
+        "ήλιος λάμπει όλη τη μέρα.",
+        "Πού είναι ο σταθμός του μετρό; Συγγνώμη, δεν ξέρω. Ρωτήστε τον αστυνομικό στη γωνία.",
+    ],
+    "he": [
+        "ירושלים היא עיר עתיקה עם היסטוריה ארוכה ומרתקת. בכל שנה מגיעים אליה מבקרים רבים מכל העולם.",
+        "אתמול הלכנו לים עם החברים שלנו. המים היו חמים והשמש זרחה כל היום, ואכלנו ארוחת ערב על החוף.",
+        "מה השעה עכשיו? השעה שלוש וחצי, ואנחנו צריכים לצאת בעוד עשר דקות.",
+    ],
+    "ar": [
+        "القاهرة هي عاصمة مصر وأكبر مدنها. يعيش فيها ملايين الناس، ويزورها السياح من كل أنحاء العالم لرؤية "
+        "الأهرامات.",
+        "في الصباح أشرب القهوة وأقرأ الجريدة قبل الذهاب إلى العمل. الطريق مزدحم دائما في هذا الوقت.",
+        "هل تتكلم العربية؟ نعم، قليلا. تعلمتها في المدرسة منذ سنوات طويلة.",
+    ],
+    "bn": [
+        "ঢাকা বাংলাদেশের রাজধানী এবং সবচেয়ে বড় শহর। এখানে প্রতিদিন লক্ষ লক্ষ মানুষ কাজ করতে আসে।",
+        "আমি সকালে চা খাই এবং খবরের কাগজ পড়ি। তারপর আমি বাসে করে অফিসে যাই।",
+        "তুমি কেমন আছ? আমি ভালো আছি, ধন্যবাদ। আজ আবহাওয়া খুব সুন্দর।",
+    ],
+    "zh": [
+        "北京是中国的首都，也是一座有着三千多年历史的古城。每年都有很多游客来这里参观故宫和长城。",
+        "今天早上我去市场买了一些水果和蔬菜。天气很好，阳光明媚，街上的人很多。",
+        "你好吗？我很好，谢谢。你周末有空吗？我们一起去看电影吧。",
+    ],
+    "emoji": [
+        "Good morning! ☀️ Coffee first ☕ and then work 💻. Happy birthday 🎂🎉 to my best friend 👩‍❤️‍👨!",
+        "Let's go to the beach 🏖️🌊 this weekend 😎👍🏽. I'll bring snacks 🍕🍩 and you bring the music 🎶.",
+        "Travel plans: Paris 🇫🇷, Tokyo 🇯🇵 and Rio 🇧🇷 ✈️. Can't wait! 😂😂 Love you all ❤️.",
+    ],
+}
+MIN_CHARS = 2600
+
+
+def _repeat(paragraphs: list[str], min_chars: int = MIN_CHARS) -> str:
+    out: list[str] = []
+    while len("\n\n".join(out)) < min_chars:
+        out.extend(paragraphs)
+    return "\n\n".join(out) + "\n"
+
+
+# lang -> file contents (paragraphs separated by blank lines); normalize() turns "\n\n" into "\n".
+TINY_TEXTS: dict[str, str] = {lang: _repeat(paras) for lang, paras in PARAGRAPHS.items()}
+
+
+def write_corpus(folder: Path, texts: dict[str, str] = TINY_TEXTS) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for lang, text in texts.items():
+        (folder / f"{lang}.txt").write_text(text, encoding="utf-8")
+    return folder
+
+
+@pytest.fixture
+def tiny_corpus_dir(tmp_path: Path) -> Path:
+    """A fresh folder of <lang>.txt files (TINY_TEXTS); tests may modify it."""
+    return write_corpus(tmp_path / "corpus")
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory) -> Path:
+    """prepare() of TINY_TEXTS (min_count 2), shared by the session: treat it as read-only."""
+    from nextchar.corpus import prepare
+
+    root = tmp_path_factory.mktemp("tiny")
+    out = root / "data"
+    prepare(out, write_corpus(root / "corpus"))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_data_dir, tmp_path_factory):
+    """A tiny Transformer trained a few dozen steps on the tiny corpus (a real run directory)."""
+    import torch
+
+    from nextchar.config import load
+    from nextchar.train import train
+
+    torch.set_num_threads(1)
+    cfg = load("tiny")
+    cfg.train.max_steps = 40
+    cfg.train.lr = 1e-2
+    cfg.train.threads = 1
+    cfg.train.device = "cpu"
+    run = tmp_path_factory.mktemp("tiny_run") / "run"
+    train(tiny_data_dir, run, cfg, progress=False)
+    return run
