@@ -9,33 +9,33 @@ import pytest
 # A few real-looking paragraphs per language; _repeat() makes each file >= MIN_CHARS characters.
 PARAGRAPHS: dict[str, list[str]] = {
     "en": [
-        "The quick brown fox jumps over the lazy dog. Every morning, the old librarian opened the windows and let "
-        "the cold air into the reading room. She believed that books, like people, needed to breathe.",
-        "Dasher is a text-entry interface driven by continuous pointing gestures. It is useful wherever a full-size "
-        "keyboard cannot be used: on a palmtop computer, with one hand, or with an eye tracker.",
-        "\"Would you like some tea?\" asked Mr. Jones at half past four. \"Yes, please - two sugars and a little "
-        "milk,\" replied his guest, who had walked 12 miles that day.",
+        ("The quick brown fox jumps over the lazy dog. Every morning, the old librarian opened the windows and let "
+        "the cold air into the reading room. She believed that books, like people, needed to breathe."),
+        ("Dasher is a text-entry interface driven by continuous pointing gestures. It is useful wherever a full-size "
+        "keyboard cannot be used: on a palmtop computer, with one hand, or with an eye tracker."),
+        ("\"Would you like some tea?\" asked Mr. Jones at half past four. \"Yes, please - two sugars and a little "
+        "milk,\" replied his guest, who had walked 12 miles that day."),
     ],
     "fr": [
-        "Le vieux château dominait la vallée depuis plus de huit siècles. Chaque été, des milliers de touristes "
-        "montaient jusqu'à ses remparts pour admirer le paysage.",
-        "Où est la boulangerie la plus proche ? Il faut tourner à gauche après l'église, puis continuer tout droit "
-        "jusqu'à la place du marché. C'est à deux minutes à pied.",
-        "Noël approche : les enfants écrivent leurs lettres, et les rues s'illuminent de guirlandes. À la fenêtre, "
-        "une bougie brûle doucement ; l'hiver sera long, mais personne ne s'en plaint.",
+        ("Le vieux château dominait la vallée depuis plus de huit siècles. Chaque été, des milliers de touristes "
+        "montaient jusqu'à ses remparts pour admirer le paysage."),
+        ("Où est la boulangerie la plus proche ? Il faut tourner à gauche après l'église, puis continuer tout droit "
+        "jusqu'à la place du marché. C'est à deux minutes à pied."),
+        ("Noël approche : les enfants écrivent leurs lettres, et les rues s'illuminent de guirlandes. À la fenêtre, "
+        "une bougie brûle doucement ; l'hiver sera long, mais personne ne s'en plaint."),
     ],
     "ru": [
-        "Москва — столица России и один из крупнейших городов Европы. Летом в парках гуляют семьи с детьми, а "
-        "зимой на катках звучит музыка.",
-        "Вчера я прочитал интересную книгу о путешествиях. Автор рассказывает, как он прошёл пешком через всю "
-        "Сибирь и встретил много добрых людей.",
+        ("Москва — столица России и один из крупнейших городов Европы. Летом в парках гуляют семьи с детьми, а "
+        "зимой на катках звучит музыка."),
+        ("Вчера я прочитал интересную книгу о путешествиях. Автор рассказывает, как он прошёл пешком через всю "
+        "Сибирь и встретил много добрых людей."),
         "«Где ты был так долго?» — спросила мама. «Я помогал соседу чинить забор», — ответил мальчик и улыбнулся.",
     ],
     "el": [
-        "Η Αθήνα είναι η πρωτεύουσα της Ελλάδας και μία από τις αρχαιότερες πόλεις του κόσμου. Κάθε χρόνο "
-        "χιλιάδες επισκέπτες ανεβαίνουν στην Ακρόπολη.",
-        "Το καλοκαίρι πηγαίνουμε στα νησιά για να κολυμπήσουμε στη θάλασσα. Το νερό είναι καθαρό και ζεστό, και ο "
-        "ήλιος λάμπει όλη τη μέρα.",
+        ("Η Αθήνα είναι η πρωτεύουσα της Ελλάδας και μία από τις αρχαιότερες πόλεις του κόσμου. Κάθε χρόνο "
+        "χιλιάδες επισκέπτες ανεβαίνουν στην Ακρόπολη."),
+        ("Το καλοκαίρι πηγαίνουμε στα νησιά για να κολυμπήσουμε στη θάλασσα. Το νερό είναι καθαρό και ζεστό, και ο "
+        "ήλιος λάμπει όλη τη μέρα."),
         "Πού είναι ο σταθμός του μετρό; Συγγνώμη, δεν ξέρω. Ρωτήστε τον αστυνομικό στη γωνία.",
     ],
     "he": [
@@ -44,8 +44,8 @@ PARAGRAPHS: dict[str, list[str]] = {
         "מה השעה עכשיו? השעה שלוש וחצי, ואנחנו צריכים לצאת בעוד עשר דקות.",
     ],
     "ar": [
-        "القاهرة هي عاصمة مصر وأكبر مدنها. يعيش فيها ملايين الناس، ويزورها السياح من كل أنحاء العالم لرؤية "
-        "الأهرامات.",
+        ("القاهرة هي عاصمة مصر وأكبر مدنها. يعيش فيها ملايين الناس، ويزورها السياح من كل أنحاء العالم لرؤية "
+        "الأهرامات."),
         "في الصباح أشرب القهوة وأقرأ الجريدة قبل الذهاب إلى العمل. الطريق مزدحم دائما في هذا الوقت.",
         "هل تتكلم العربية؟ نعم، قليلا. تعلمتها في المدرسة منذ سنوات طويلة.",
     ],

@@ -80,8 +80,7 @@ def normalize(raw: bytes, name: str) -> str:
             raise UserError(f"{name}: looks binary ({bad} invalid UTF-8 sequences in {len(text)} characters); "
                             "expected UTF-8 text")
         log.warning("%s: replaced %d invalid UTF-8 byte sequence(s) with U+FFFD (is the file UTF-8?)", name, bad)
-    if text.startswith("\ufeff"):
-        text = text[1:]
+    text = text.removeprefix("\ufeff")
     text = _NEWLINES.sub("\n", text)  # before the C1 fix-up: U+0085 is NEL here, not "…"
     text = _CONTROLS.sub(lambda m: _CONTROL_FIXES.get(m.group(), ""), text)
     text = unicodedata.normalize("NFC", text)
@@ -214,7 +213,7 @@ def _is_root() -> bool:
 
 def _run(cmd: list[str], cwd: Path) -> tuple[bool, str]:
     try:
-        r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
+        r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600, check=False)
     except (OSError, subprocess.TimeoutExpired) as e:
         return False, str(e)
     return r.returncode == 0, r.stdout + r.stderr
@@ -225,7 +224,10 @@ def unpacked_deb(deb: Path, cache: Path) -> Path:
     dest = cache / deb.name.removesuffix(".deb")
     if dest.is_dir():
         return dest
-    tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".unpack-"))
+    try:
+        tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".unpack-"))
+    except OSError as e:
+        raise UserError(f"{cache}: cannot unpack {deb.name} here ({e.strerror}); set NEXTCHAR_CACHE elsewhere") from None
     try:
         if shutil.which("dpkg-deb"):
             ok, out = _run(["dpkg-deb", "-x", str(deb), str(tmp)], cache)

@@ -67,7 +67,9 @@ class _Stats:
     gamma: FloatArray  # (C,) backoff weight: sum of discounts per context / total
 
 
-def _compute_stats(level: _Level, counts: npt.NDArray[np.int32], disc: tuple[float, float, float], v: int) -> _Stats:
+def _compute_stats(
+    level: _Level, counts: npt.NDArray[np.int32], disc: tuple[float, float, float], v: int
+) -> _Stats:
     dtab = np.array([0.0, *disc])  # (4,)
     pair_ctx = level.pair_keys // v  # (P,)
     n_ctx = level.ctx_keys.size
@@ -105,7 +107,9 @@ class NGramModel:
         self._disc_raw = disc_raw
         self._disc_cont = disc_cont
         self._cache: dict[tuple[int, str], _Stats] = {} if _cache is None else _cache
-        self._stats = [self._level_stats(m, "raw" if m == self.order - 1 else "cont") for m in range(self.order)]
+        self._stats = [
+            self._level_stats(m, "raw" if m == self.order - 1 else "cont") for m in range(self.order)
+        ]
 
     def _level_stats(self, m: int, kind: str) -> _Stats:
         if (m, kind) not in self._cache:
@@ -153,36 +157,49 @@ class NGramModel:
         for m in range(1, int(order)):
             prev_ctx_keys, prev_pairs, _ = levels_raw[m - 1]
             starts = pos[at] < m  # these have exactly m-1 ids of context: the sequence start is their left
-            bos_pairs = np.unique(ctx[starts] * v + s[at[starts]])  # (B,) level m-1 pairs with a start extension
+            bos_pairs = np.unique(
+                ctx[starts] * v + s[at[starts]]
+            )  # (B,) level m-1 pairs with a start extension
             at, ctx = at[~starts], ctx[~starts]
             if (prev_ctx_keys.size + 1) * v > _INT64_MAX // v:
                 raise UserError(f"ngram: order {order} with vocab_size {v} overflows 64-bit n-gram keys")
-            key = (ctx * v + s[at - m]) * v + s[at]  # (T_m,) (parent ctx, oldest id, next id)
-            perm = np.argsort(key)
-            key = key[perm]
-            new_pair = np.ones(key.size, dtype=bool)
+            n_at = at.size
+            # 1) contexts of level m = (parent context, oldest id). A plain sort with each position's index
+            # packed into the low bits is ~2x faster than argsort, so use it whenever the bits fit.
+            ck = ctx * v + s[at - m]  # (T_m,)
+            shift = max(int(n_at - 1).bit_length(), 1)
+            if prev_ctx_keys.size * v <= 1 << (63 - shift):
+                packed = np.sort((ck << shift) | np.arange(n_at, dtype=np.int64))  # (T_m,)
+                ck_sorted, perm = packed >> shift, packed & ((1 << shift) - 1)
+                del packed
+            else:
+                perm = np.argsort(ck)
+                ck_sorted = ck[perm]
+            del ck
+            new_ctx = np.ones(n_at, dtype=bool)
+            np.not_equal(ck_sorted[1:], ck_sorted[:-1], out=new_ctx[1:])
+            ctx_keys = ck_sorted[new_ctx]  # (C_m,)
+            rank = np.cumsum(new_ctx.view(np.uint8), dtype=np.int32)  # (T_m,) int32 cumsum: ~10x faster
+            rank -= 1
+            ctx = np.empty(n_at, dtype=np.int64)  # (T_m,) level-m context id of each position
+            ctx[perm] = rank
+            del ck_sorted, new_ctx, rank, perm
+            # 2) n-grams of level m = (context id, next id), with raw counts
+            key = np.sort(ctx * v + s[at])  # (T_m,)
+            new_pair = np.ones(n_at, dtype=bool)
             np.not_equal(key[1:], key[:-1], out=new_pair[1:])
-            ctx_key = key // v  # (T_m,)
-            new_ctx = np.ones(key.size, dtype=bool)
-            np.not_equal(ctx_key[1:], ctx_key[:-1], out=new_ctx[1:])
-            rank = np.cumsum(new_ctx) - 1  # (T_m,) new context id, in sorted order
             first = np.flatnonzero(new_pair)  # (P,) first sorted occurrence of each distinct n-gram
-            nxt = key[first] % v  # (P,)
-            raw = np.diff(np.append(first, key.size)).astype(np.int32)  # (P,)
-            pairs = rank[first] * v + nxt  # (P,) sorted because key is
+            raw = np.diff(np.append(first, n_at)).astype(np.int32)  # (P,)
+            pairs = key[first]  # (P,)
+            del key, new_pair, first
             # continuation counts of level m-1: each distinct n-gram here is one distinct left extension
-            # of the (m)-gram obtained by dropping its oldest id, plus one for each sequence start
-            parent = (ctx_key[first] // v) * v + nxt  # (P,) level m-1 pair keys
+            # of the m-gram obtained by dropping its oldest id, plus one for each sequence start
+            parent = (ctx_keys[pairs // v] // v) * v + pairs % v  # (P,) level m-1 pair keys
             cont = np.bincount(np.searchsorted(prev_pairs, parent), minlength=prev_pairs.size)
             cont[np.searchsorted(prev_pairs, bos_pairs)] += 1
             conts.append(cont.astype(np.int32))
-            levels_raw.append((ctx_key[new_ctx], pairs, raw))
-            del key, ctx_key, new_pair, first, nxt, parent, cont
-            if m + 1 < order:  # the next level needs each position's context id in position order
-                new_ids = np.empty_like(rank)
-                new_ids[perm] = rank
-                ctx = new_ids
-            del perm, rank, new_ctx
+            levels_raw.append((ctx_keys, pairs, raw))
+            del parent, cont
         conts.append(None)  # the top order only ever uses raw counts
 
         levels = [_Level(ck, pk, raw, cont) for (ck, pk, raw), cont in zip(levels_raw, conts)]
@@ -197,7 +214,9 @@ class NGramModel:
         n = int(n)
         if n == self.order:
             return self
-        return NGramModel(self._levels[:n], self.vocab_size, self._disc_raw[:n], self._disc_cont[:n], self._cache)
+        return NGramModel(
+            self._levels[:n], self.vocab_size, self._disc_raw[:n], self._disc_cont[:n], self._cache
+        )
 
     # ---------------------------------------------------------------- querying
 
@@ -307,7 +326,9 @@ class NGramModel:
             crep = np.repeat(c, span)  # (S,)
             cnt = st.counts[idx]
             # one context never lists the same next id twice, so this fancy += has no collisions
-            out[np.repeat(rows, span), pk[idx] - crep * v] += (cnt - st.dtab[np.minimum(cnt, 3)]) / st.total[crep]
+            out[np.repeat(rows, span), pk[idx] - crep * v] += (cnt - st.dtab[np.minimum(cnt, 3)]) / st.total[
+                crep
+            ]
 
     # ---------------------------------------------------------------- persistence
 
@@ -335,7 +356,9 @@ class NGramModel:
             "discounts_cont": [list(d) if d is not None else None for d in self._disc_cont],
         }
         arrays["meta"] = np.array(json.dumps(meta))
-        fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(
+            dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp"
+        )
         try:
             with os.fdopen(fd, "wb") as f:
                 np.savez(f, **arrays)  # type: ignore[arg-type]
@@ -376,7 +399,15 @@ class NGramModel:
                     raise ValueError("continuation discounts missing from metadata")
         except UserError:
             raise
-        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as e:
+        except (
+            OSError,
+            ValueError,
+            KeyError,
+            TypeError,
+            EOFError,
+            zipfile.BadZipFile,
+            json.JSONDecodeError,
+        ) as e:
             raise UserError(f"{path}: not a readable n-gram model ({type(e).__name__}: {e})") from None
         return cls(levels, v, disc_raw, disc_cont)
 

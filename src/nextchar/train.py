@@ -144,6 +144,8 @@ def prepare_run_dir(out: Path, cfg: RunConfig, ds: DataSet, resume: bool, preset
                             f"{ds.path} ({ds.vocab.hash})")
         if old.get("model") != asdict(cfg.model):
             raise UserError(f"{out}: --resume with a different model config than the run's config.json")
+    if cfg.model.vocab_size != ds.vocab.size:
+        raise UserError(f"model.vocab_size={cfg.model.vocab_size} but {ds.path} has {ds.vocab.size} symbols")
     if is_main():
         out.mkdir(parents=True, exist_ok=True)
         checkpoint.atomic_write_json(cfg_path, {
@@ -162,9 +164,7 @@ def train(data: str | Path, out: str | Path, cfg: RunConfig, resume: bool = Fals
     threads = set_threads(tc.threads)
     out = Path(out)
     ds = open_data(data)
-    if cfg.model.vocab_size not in (0, ds.vocab.size):
-        raise UserError(f"model.vocab_size={cfg.model.vocab_size} but {ds.path} has {ds.vocab.size} symbols")
-    cfg.model.vocab_size = ds.vocab.size
+    cfg.model.vocab_size = cfg.model.vocab_size or ds.vocab.size
     if not (tc.max_steps or tc.max_tokens or tc.max_minutes):
         raise UserError("no training budget: give --max-steps, --max-tokens or --max-minutes")
     micro_bs, rem = divmod(tc.batch_size, tc.grad_accum * world())

@@ -41,7 +41,7 @@ class Vocab:
         self._hash = _hash_chars(self.chars)
 
     @classmethod
-    def build(cls, counts: collections.Counter, min_count: int = 2) -> "Vocab":
+    def build(cls, counts: collections.Counter, min_count: int = 2) -> Vocab:
         """Every character counted at least min_count times, plus "\\n" (the start-of-text context), by code point.
 
         U+FFFD is left out: it marks bytes that were not valid UTF-8, which is exactly what <unk> stands for.
@@ -95,7 +95,7 @@ class Vocab:
         atomic_write(path, json.dumps(self.to_dict(), ensure_ascii=False, indent=0).encode("utf-8"))
 
     @classmethod
-    def from_dict(cls, d: dict, origin: str = "vocabulary") -> "Vocab":
+    def from_dict(cls, d: dict, origin: str = "vocabulary") -> Vocab:
         """Rebuild from to_dict() output (also used for vocabularies stored inside checkpoints)."""
         try:
             chars, specials, stored = d["chars"], d["specials"], d["hash"]
@@ -113,7 +113,7 @@ class Vocab:
         return vocab
 
     @classmethod
-    def load(cls, path: str | Path) -> "Vocab":
+    def load(cls, path: str | Path) -> Vocab:
         p = Path(path)
         try:
             d = json.loads(p.read_text(encoding="utf-8"))
@@ -129,6 +129,9 @@ class Vocab:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Vocab) and self.chars == other.chars
+
+    def __hash__(self) -> int:
+        return hash(self._hash)
 
     def __repr__(self) -> str:
         return f"Vocab(size={self.size}, hash={self.hash})"

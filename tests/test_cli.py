@@ -1,0 +1,95 @@
+"""The command line end to end (prepare -> train -> eval -> predict) and one-line errors for bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from nextchar.cli import app
+
+runner = CliRunner()
+
+
+def cli(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_end_to_end(tiny_corpus_dir, tmp_path):
+    data, run = tmp_path / "data", tmp_path / "run"
+    r = cli("prepare", "--corpus", tiny_corpus_dir, "--out", data)
+    assert r.exit_code == 0, r.output
+    assert "total" in r.output and json.loads((data / "stats.json").read_text())["languages"]["ru"]["train"] > 0
+    r = cli("train", "--data", data, "--preset", "tiny", "--out", run, "--max-steps", 6, "--threads", 1,
+            "--set", "train.eval_every=3", "--set", "model.context=24")
+    assert r.exit_code == 0, r.output
+    assert json.loads((run / "config.json").read_text())["model"]["context"] == 24
+    r = cli("eval", "--run", run, "--split", "test", "--positions", 50, "--threads", 1)
+    assert r.exit_code == 0, r.output
+    res = json.loads((run / "eval_test.json").read_text())
+    assert set(res["languages"]) == {"ar", "bn", "el", "emoji", "en", "fr", "he", "ru", "zh"}
+    assert "macro" in r.output and "micro" in r.output
+    (tmp_path / "p.txt").write_text("Hello\n\nПри\n", encoding="utf-8")
+    r = cli("predict", "--run", run, "--input", tmp_path / "p.txt", "--output", tmp_path / "o.txt", "--threads", 1)
+    assert r.exit_code == 0, r.output
+    assert [len(x) for x in (tmp_path / "o.txt").read_text(encoding="utf-8").split("\n")] == [3, 3, 3, 0]
+    r = cli("predict", "--run", run, "-k", 4, "Hello wor", "--threads", 1)
+    assert r.exit_code == 0 and len(r.output.strip().splitlines()) == 4
+    r = cli("train", "--data", data, "--out", run, "--max-steps", 8, "--resume", "--threads", 1)
+    assert r.exit_code == 0, r.output
+    assert json.loads((run / "result.json").read_text())["steps"] == 8
+
+
+def test_params_prints_the_study_count():
+    r = cli("params", "--preset", "seed-12l", "--vocab-size", 78)
+    assert r.exit_code == 0 and r.output.strip() == "2,399,310"
+
+
+@pytest.mark.parametrize("args,needle", [
+    (("params", "--preset", "nope", "--vocab-size", 78), "unknown preset 'nope'"),
+    (("train", "--data", "{data}", "--out", "{tmp}/r", "--preset", "tiny", "--set", "model.wings=2",
+      "--max-steps", 1), "unknown model key(s): wings"),
+    (("train", "--data", "{data}", "--out", "{tmp}/r", "--preset", "tiny", "--set", "nokey", "--max-steps", 1),
+     "expected section.key=value"),
+    (("train", "--data", "{tmp}/missing", "--out", "{tmp}/r", "--max-steps", 1), "missing"),
+    (("prepare", "--corpus", "{tmp}/nothing", "--out", "{tmp}/d"), "nothing"),
+    (("eval", "--run", "{tmp}/norun"), "norun"),
+    (("predict", "--run", "{tmp}/norun", "abc"), "norun"),
+])
+def test_bad_input_gives_one_line_error(args, needle, tiny_data_dir, tmp_path):
+    args = [str(a).format(data=tiny_data_dir, tmp=tmp_path) for a in args]
+    r = cli(*args)
+    assert r.exit_code == 2, r.output
+    assert needle in r.output and "Traceback" not in r.output
+    assert len([x for x in r.output.splitlines() if x.startswith("error:")]) == 1
+
+
+def test_truncated_checkpoint_and_other_vocabulary(tiny_run, tiny_corpus_dir, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    other = tmp_path / "other"
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "xx.txt").write_text("completely different text " * 40, encoding="utf-8")
+    assert cli("prepare", "--corpus", tmp_path / "c", "--out", other).exit_code == 0
+    r = cli("eval", "--run", run, "--data", other)
+    assert r.exit_code == 2 and "vocabulary" in r.output
+    r = cli("train", "--data", other, "--out", run, "--resume", "--max-steps", 50)
+    assert r.exit_code == 2 and "another vocabulary" in r.output
+    best = json.loads((run / "checkpoints" / "best.json").read_text())["dir"]
+    f = run / "checkpoints" / best / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:100])
+    r = cli("predict", "--run", run, "abc")
+    assert r.exit_code == 2 and "truncated or corrupt" in r.output and "Traceback" not in r.output
+
+
+def test_python_dash_m_and_help():
+    out = subprocess.run([sys.executable, "-m", "nextchar", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    for cmd in ("prepare", "train", "eval", "predict", "params"):
+        assert cmd in out.stdout
+    for cmd in ("prepare", "train", "eval", "predict", "params"):
+        r = cli(cmd, "--help")
+        assert r.exit_code == 0 and "--" in r.output

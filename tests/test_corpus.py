@@ -1,0 +1,376 @@
+"""Tests for corpus normalization, splits, sources (folder, Dasher .deb) and prepare()."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import random
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TINY_TEXTS
+
+from nextchar import corpus
+from nextchar.corpus import DASHER_FILES, normalize, prepare, read_folder, split_text
+from nextchar.errors import UserError
+
+
+def norm(s: str | bytes) -> str:
+    return normalize(s.encode("utf-8") if isinstance(s, str) else s, "t.txt")
+
+
+# ---------------------------------------------------------------- normalize
+
+
+@pytest.mark.parametrize("sep", ["\r\n", "\r", "\x85", "\u2028", "\u2029", "\n"])
+def test_line_endings_inside_and_between_paragraphs(sep):
+    assert norm(f"one{sep}two{sep}{sep}three{sep}") == "one two\nthree"
+
+
+def test_mixed_line_endings_and_whitespace_only_blank_lines():
+    assert norm("a\r\nb\r\r\nc\n \t\u00a0\r\nd\u2029\u2029e") == "a b\nc\nd\ne"
+
+
+def test_bom_dropped():
+    assert norm(b"\xef\xbb\xbfhello") == "hello"
+    assert norm(b"\xef\xbb\xbf\xef\xbb\xbfhi") == "hi"  # a stray second BOM goes too
+
+
+def test_nfd_to_nfc():
+    assert norm("Cafe\u0301 A\u030a") == "Caf\u00e9 \u00c5"
+
+
+def test_whitespace_runs_become_one_space():
+    assert norm("  a \t b\u00a0\u00a0c\u3000d\u2003 e\x0bf\x0cg  ") == "a b c d e f g"
+
+
+def test_paragraphs_and_empty_paragraphs():
+    raw = "\n\n  p1 line1\np1   line2\n\n\n \t \n\np2\n\n\n"
+    assert norm(raw) == "p1 line1 p1 line2\np2"
+    assert norm(" \n\t\n ") == ""
+
+
+def test_invalid_bytes_replaced_and_logged(caplog):
+    with caplog.at_level(logging.WARNING, logger="nextchar.corpus"):
+        assert normalize(b"ab\xffcd\xc3 e", "bad.txt") == "ab\ufffdcd\ufffd e"
+    [rec] = caplog.records
+    assert "bad.txt" in rec.getMessage() and " 2 " in rec.getMessage()
+    assert "\n" not in rec.getMessage()
+
+
+def test_valid_replacement_char_is_not_counted(caplog):
+    with caplog.at_level(logging.WARNING, logger="nextchar.corpus"):
+        assert norm("a\ufffdb") == "a\ufffdb"
+    assert not caplog.records
+
+
+def test_control_characters():
+    # C1 controls are Windows-1252 mojibake (Dasher's French uses U+0092 as apostrophe); other controls go.
+    assert norm("l\u0092homme\u0080 a\x1bb\x04c\x7fd x\ufeffy") == "l\u2019homme\u20ac abcd xy"
+
+
+@pytest.mark.parametrize("raw", [b"text\x00more", b"\xff\xfeh\x00i\x00", bytes(range(256)) * 4,
+                                 bytes(random.Random(0).randrange(128, 256) for _ in range(4000))])
+def test_binary_rejected(raw):
+    with pytest.raises(UserError, match=r"^blob\.bin: looks"):
+        normalize(raw, "blob.bin")
+
+
+def test_few_stray_nuls_in_long_text_are_dropped():
+    raw = b"word " * 4000 + b"\x00" + b"end"
+    assert norm(raw).endswith("word end")
+
+
+def test_normalized_invariants_on_random_text():
+    rng = random.Random(1)
+    pieces = ["a", "b", "é", "e\u0301", " ", "  ", "\t", "\n", "\n\n", "\r\n", "\r", "\x85", "\u2028", "\u2029",
+              "\u00a0", "\u3000", "\ufeff", "\x92", "ж", "日"]
+    for _ in range(300):
+        out = norm("".join(rng.choice(pieces) for _ in range(rng.randrange(0, 40))))
+        for bad in ("\r", "\t", "  ", "\n\n", "\x85", "\u2028", "\u2029", "\u00a0", "\ufeff", "e\u0301"):
+            assert bad not in out
+        assert out == out.strip()
+        assert all(line == " ".join(line.split()) and line for line in out.split("\n")) or out == ""
+
+
+# ---------------------------------------------------------------- split_text
+
+
+def paragraphs_text(n_par: int, seed: int = 0) -> str:
+    rng = random.Random(seed)
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta"]
+    return "\n".join(" ".join(rng.choice(words) for _ in range(rng.randrange(5, 30))) for _ in range(n_par))
+
+
+def test_split_is_a_deterministic_partition():
+    text = paragraphs_text(500)
+    parts = split_text(text)
+    assert split_text(text) == parts
+    assert "".join(parts) == text
+
+
+def test_split_ratios_roughly_90_5_5():
+    text = paragraphs_text(2000)
+    train, dev, test = split_text(text)
+    n = len(text)
+    assert abs(len(train) / n - 0.90) < 0.005
+    assert abs(len(dev) / n - 0.05) < 0.005
+    assert abs(len(test) / n - 0.05) < 0.005
+
+
+def test_cuts_land_on_paragraph_starts():
+    text = paragraphs_text(500)
+    train, dev, _test = split_text(text)
+    assert train.endswith("\n") and dev.endswith("\n")
+    n = len(text)
+    # ...and at the first paragraph start at or after the nominal cut
+    assert "\n" not in text[int(n * 0.9):len(train) - 1]
+    assert "\n" not in text[int(n * 0.95):len(train) + len(dev) - 1]
+
+
+def test_cut_falls_back_to_space_then_stays():
+    unit = "abcdefghi "  # 10 chars, a space every 10
+    text = unit * 10000  # n = 100000, nominal cuts 90000 and 95000
+    train, dev, _test = split_text(text)
+    assert (len(train), len(train) + len(dev)) == (90010, 95010)  # just after the next space
+    # a "\n" within 2000 chars wins over the nearer space
+    text2 = text[:91000] + "\n" + text[91001:]
+    assert len(split_text(text2)[0]) == 91001
+    # a "\n" beyond 2000 chars does not
+    text3 = text[:92500] + "\n" + text[92501:]
+    assert len(split_text(text3)[0]) == 90010
+    # no separator at all: the cut stays
+    assert [len(p) for p in split_text("x" * 100000)] == [90000, 5000, 5000]
+
+
+def test_split_small_texts_nonempty():
+    for n in range(1, 300):
+        for text in ("x" * n, ("ab " * n)[:n], ("abc\n" * n)[:n], ("a" * 40 + "\n") * (n // 41 + 1)):
+            text = text[:n]
+            train, dev, test = split_text(text)
+            assert train + dev + test == text and train
+            if n >= 20:
+                assert dev and test, (n, text)
+
+
+def test_tiny_corpus_splits_big_enough():
+    for lang, raw in TINY_TEXTS.items():
+        train, dev, test = split_text(norm(raw))
+        assert len(train) > 1000 and len(dev) >= 60 and len(test) >= 60, lang
+
+
+# ---------------------------------------------------------------- folder source
+
+
+def test_read_folder(tiny_corpus_dir):
+    texts = read_folder(tiny_corpus_dir)
+    assert sorted(texts) == sorted(TINY_TEXTS)
+    assert texts["ru"] == norm(TINY_TEXTS["ru"])
+
+
+def test_folder_errors_name_the_path(tmp_path):
+    missing = tmp_path / "nope"
+    with pytest.raises(UserError, match=f"^{missing}: corpus folder not found"):
+        read_folder(missing)
+    f = tmp_path / "file.txt"
+    f.write_text("hi")
+    with pytest.raises(UserError, match=f"^{f}: not a folder"):
+        read_folder(f)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.md").write_text("not a corpus")
+    with pytest.raises(UserError, match=f"^{empty}: no .txt files"):
+        read_folder(empty)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "no text"), (b" \n\t\r\n \xc2\xa0", "no text"), (b"\x7fELF\x02\x01\x01\x00\x00\x00", "looks binary"),
+    (bytes(range(128, 256)) * 8, "looks binary"),
+])
+def test_bad_file_in_folder(tiny_corpus_dir, content, message):
+    bad = tiny_corpus_dir / "xx.txt"
+    bad.write_bytes(content)
+    with pytest.raises(UserError, match=f"^{bad}: {message}"):
+        read_folder(tiny_corpus_dir)
+
+
+def test_bad_label(tiny_corpus_dir):
+    bad = tiny_corpus_dir / "vocab.json.txt"
+    bad.write_text("some text here")
+    with pytest.raises(UserError, match=f"^{bad}: language label"):
+        read_folder(tiny_corpus_dir)
+
+
+def test_unreadable_file(tiny_corpus_dir, monkeypatch):
+    bad = tiny_corpus_dir / "en.txt"
+    real = Path.read_bytes
+
+    def read_bytes(self):
+        if self == bad:
+            raise PermissionError(13, "Permission denied")
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)  # chmod 0 does not stop root
+    with pytest.raises(UserError, match=f"^{bad}: cannot read \\(Permission denied\\)"):
+        read_folder(tiny_corpus_dir)
+
+
+# ---------------------------------------------------------------- prepare
+
+
+def test_prepare_stats_and_table(tiny_corpus_dir, tmp_path, capsys):
+    out = tmp_path / "data"
+    stats = prepare(out, tiny_corpus_dir)
+    printed = capsys.readouterr().out
+    assert stats == json.loads((out / "stats.json").read_text(encoding="utf-8"))
+    assert stats["source"] == str(tiny_corpus_dir.resolve())
+    assert stats["dtype"] == "uint16" and stats["min_count"] == 2
+    assert sorted(stats["languages"]) == sorted(TINY_TEXTS)
+    for lang, e in stats["languages"].items():
+        assert e["train"] + e["dev"] + e["test"] == len(norm(TINY_TEXTS[lang]))
+        assert (out / lang / "train.bin").stat().st_size == 2 * e["train"]
+        assert lang in printed
+    assert "total" in printed
+    # writing again into the same dir replaces the files, leaving no temp files behind
+    assert prepare(out, tiny_corpus_dir) == stats
+    assert not [p for p in out.rglob("*") if p.name.startswith(".")]
+
+
+def test_prepare_counts_unknown_chars(tmp_path, capsys):
+    folder = tmp_path / "c"
+    folder.mkdir()
+    # "q" appears once (below min_count 2), in the text's first 90%, so train has exactly one unknown character
+    (folder / "xx.txt").write_text("q" + "ab " * 200, encoding="utf-8")
+    stats = prepare(tmp_path / "d", folder)
+    assert stats["languages"]["xx"]["unk_train"] == 1
+    assert stats["vocab_size"] == 5  # <unk>, \n, space, a, b
+
+
+def test_prepare_out_is_a_file(tiny_corpus_dir, tmp_path):
+    f = tmp_path / "taken"
+    f.write_text("x")
+    with pytest.raises(UserError, match=f"^{f}: cannot create"):
+        prepare(f, tiny_corpus_dir)
+
+
+# ---------------------------------------------------------------- Dasher source (hermetic: a fake .deb and apt-get)
+
+
+def fake_deb(path: Path, texts: dict[str, bytes]) -> Path:
+    """A minimal .deb: an ar archive holding debian-binary, control.tar.xz and data.tar.xz."""
+    def tar_xz(files: dict[str, bytes]) -> bytes:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:xz") as tar:
+            for name, data in files.items():
+                info = tarfile.TarInfo(name)
+                info.size, info.mode = len(data), 0o644
+                tar.addfile(info, io.BytesIO(data))
+        return buf.getvalue()
+
+    control = b"Package: dasher-data\nVersion: 9.9-1\nArchitecture: all\nMaintainer: t <t@t>\nDescription: t\n"
+    members = [("debian-binary", b"2.0\n"), ("control.tar.xz", tar_xz({"./control": control})),
+               ("data.tar.xz", tar_xz({f"./usr/share/dasher/{k}": v for k, v in texts.items()}))]
+    out = bytearray(b"!<arch>\n")
+    for name, data in members:
+        out += f"{name:<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(data):<10}`\n".encode()
+        out += data + (b"\n" if len(data) % 2 else b"")
+    path.write_bytes(bytes(out))
+    return path
+
+
+DASHER_FAKE = {f"training_{part}.txt": f"{lang} text number one.\n\n{lang} two.\n".encode()
+               for lang, part in DASHER_FILES.items()}
+
+
+@pytest.mark.parametrize("dpkg", [True, False])
+def test_read_dasher_from_cached_deb(tmp_path, monkeypatch, dpkg):
+    if dpkg and not shutil.which("dpkg-deb"):
+        pytest.skip("dpkg-deb not installed")
+    monkeypatch.setenv("NEXTCHAR_CACHE", str(tmp_path))
+    cache = tmp_path / "dasher"
+    cache.mkdir()
+    fake_deb(cache / "dasher-data_9.9-1_all.deb", DASHER_FAKE)
+    if not dpkg:
+        real_which = shutil.which
+        monkeypatch.setattr(corpus.shutil, "which", lambda cmd: None if cmd == "dpkg-deb" else real_which(cmd))
+    texts = corpus.read_dasher()
+    assert sorted(texts) == sorted(DASHER_FILES) and len(texts) == 24
+    assert texts["mn"] == "mn text number one.\nmn two."
+    assert (cache / "dasher-data_9.9-1_all" / "usr/share/dasher/training_welsh_GB.txt").is_file()
+
+
+def fake_apt(bin_dir: Path, log: Path, fail_downloads: int, deb: Path | None) -> None:
+    """An apt-get on PATH that records its calls, fails the first fail_downloads downloads, then copies deb."""
+    bin_dir.mkdir()
+    script = bin_dir / "apt-get"
+    script.write_text(f"""#!/bin/sh
+echo "$@" >> {log}
+[ "$1" = update ] && exit 0
+n=$(grep -c download {log})
+if [ "$n" -le {fail_downloads} ] || [ -z "{deb or ''}" ]; then echo "E: Unable to locate package dasher-data" >&2; exit 100; fi
+cp {deb} .
+""")
+    script.chmod(0o755)
+
+
+def test_fetch_updates_once_when_root_then_retries(tmp_path, monkeypatch):
+    deb = fake_deb(tmp_path / "dasher-data_9.9-1_all.deb", DASHER_FAKE)
+    log = tmp_path / "calls"
+    fake_apt(tmp_path / "bin", log, fail_downloads=1, deb=deb)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(corpus, "_is_root", lambda: True)
+    cache = tmp_path / "cache"
+    got = corpus.fetch_dasher_deb(cache)
+    assert got == cache / deb.name and got.read_bytes() == deb.read_bytes()
+    assert log.read_text().split("\n") == ["download dasher-data", "update", "download dasher-data", ""]
+    assert corpus.fetch_dasher_deb(cache) == got  # reused: no more apt calls
+    assert len(log.read_text().splitlines()) == 3
+    assert not [p for p in cache.iterdir() if p.name.startswith(".")]
+
+
+def test_fetch_failure_says_how_to_pass_a_folder(tmp_path, monkeypatch):
+    log = tmp_path / "calls"
+    fake_apt(tmp_path / "bin", log, fail_downloads=99, deb=None)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(corpus, "_is_root", lambda: False)
+    with pytest.raises(UserError, match=r"Unable to locate package.*nextchar prepare --corpus DIR"):
+        corpus.fetch_dasher_deb(tmp_path / "cache")
+    assert log.read_text().splitlines() == ["download dasher-data"]  # no apt-get update unless root
+
+
+def test_no_apt_says_how_to_pass_a_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(corpus.shutil, "which", lambda cmd: None)
+    with pytest.raises(UserError, match=r"apt-get is not available.*--corpus DIR"):
+        corpus.fetch_dasher_deb(tmp_path / "cache")
+
+
+def test_cache_dir_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("NEXTCHAR_CACHE", str(tmp_path))
+    assert corpus.cache_dir() == tmp_path / "dasher"
+    monkeypatch.delenv("NEXTCHAR_CACHE")
+    assert corpus.cache_dir() == Path.home() / ".cache" / "nextchar" / "dasher"
+
+
+@pytest.mark.slow
+def test_real_dasher(tmp_path, capsys):
+    """The real corpus (downloads dasher-data into the user cache once)."""
+    if not shutil.which("apt-get") and not list(corpus.cache_dir().glob("dasher-data_*.deb")):
+        pytest.skip("apt-get unavailable and no cached dasher-data .deb")
+    try:
+        stats = prepare(tmp_path / "data")
+    except UserError as e:
+        if "cannot fetch" in str(e):
+            pytest.skip(str(e))
+        raise
+    assert stats["source"] == "dasher"
+    assert sorted(stats["languages"]) == sorted(DASHER_FILES)
+    for lang, e in stats["languages"].items():
+        assert e["train"] > 20000 and e["dev"] > 1000 and e["test"] > 1000, lang
+        assert e["unk_train"] < 0.001 * e["train"], lang
+    assert 300 < stats["vocab_size"] < 65535
+    assert np.fromfile(tmp_path / "data/en/dev.bin", dtype="<u2").size == stats["languages"]["en"]["dev"]
