@@ -189,6 +189,78 @@ def quickstart(
     run_quickstart(data, run, preset, minutes, threads)
 
 
+study_app = typer.Typer(no_args_is_help=True, help="Architecture study: sweep a grid, write the report.")
+app.add_typer(study_app, name="study")
+
+
+@study_app.command("run")
+@friendly
+def study_run(
+    grid: Annotated[Path, typer.Argument(help="TOML grid of named configurations (see configs/study-*.toml).")],
+    data: Annotated[Path, typer.Option(help="Prepared data directory.")],
+    out: Annotated[Path, typer.Option(help="Study directory (one run directory per point).")],
+    budget_tokens: Annotated[Optional[int], typer.Option(help="Training characters per configuration.")] = None,
+    budget_minutes: Annotated[Optional[float], typer.Option(help="Training minutes per configuration.")] = None,
+    eval_positions: Annotated[int, typer.Option(help="Test positions per language for each point.")] = 2000,
+    ngram: Annotated[bool, typer.Option(help="Add the Kneser-Ney n-gram baseline row.")] = True,
+    threads: Threads = 0,
+):
+    """Train every configuration of a grid with the same budget (resumable), then write the report."""
+    from nextchar.study import run_study
+
+    threads_option(threads)
+    run_study(grid, data, out, budget_tokens=budget_tokens, budget_minutes=budget_minutes,
+              eval_positions=eval_positions, ngram=ngram, threads=threads)
+
+
+@study_app.command("report")
+@friendly
+def study_report(
+    study: Annotated[Path, typer.Argument(help="Study directory written by `nextchar study run`.")],
+    max_train_minutes: Annotated[Optional[float], typer.Option(help="Recommend only configurations trained within this.")] = None,
+    max_params: Annotated[Optional[int], typer.Option(help="Recommend only configurations with at most this many parameters.")] = None,
+    max_latency_ms: Annotated[Optional[float], typer.Option(help="Recommend only configurations this fast per keystroke.")] = None,
+):
+    """Write report.md, results.csv and plots/*.png from a study's run directories (never trains)."""
+    from nextchar.study import write_report
+
+    path = write_report(study, max_train_minutes=max_train_minutes, max_params=max_params,
+                        max_latency_ms=max_latency_ms)
+    typer.echo(f"wrote {path}")
+
+
+@app.command()
+@friendly
+def serve(
+    run: Annotated[Optional[Path], typer.Option(help="Run or exported directory (default: the shipped model).")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    backend: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
+    threads: Annotated[int, typer.Option(help="Torch CPU threads per server process.")] = 1,
+):
+    """Serve predictions over HTTP (JSON API + the web keyboard page at /)."""
+    from nextchar.serve import serve as run_server
+
+    threads_option(threads)
+    run_server(resolve_run(run), host=host, port=port, backend=backend)
+
+
+@app.command()
+@friendly
+def export(
+    run: Annotated[Path, typer.Option(help="Run directory to export.")],
+    out: Annotated[Path, typer.Option(help="Folder to write (model, vocabulary, config).")],
+    format: Annotated[str, typer.Option("--format", help="Export format: onnx.")] = "onnx",
+    int8: Annotated[bool, typer.Option(help="Also quantize weights to int8 and report the accuracy change.")] = False,
+    threads: Threads = 0,
+):
+    """Export a run to a self-contained ONNX folder (optionally int8) and check parity."""
+    from nextchar.export import export as run_export
+
+    threads_option(threads)
+    run_export(run, out, fmt=format, int8=int8)
+
+
 def main() -> None:
     app(prog_name="nextchar")
 
