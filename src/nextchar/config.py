@@ -64,6 +64,7 @@ class TrainConfig:
     lang_temperature: float = 1.0  # sample language with p ~ size^T (1 proportional, 0 uniform)
     eval_every: int = 200  # optimizer steps between dev evaluations
     eval_positions: int = 200  # dev positions per language for the periodic evaluation
+    final_eval_positions: int = 2000  # dev positions per language for result.json (as `nextchar eval`)
     log_every: int = 10  # optimizer steps between metrics.jsonl lines
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda

@@ -326,7 +326,7 @@ def train(data: str | Path, out: str | Path, cfg: RunConfig, resume: bool = Fals
         save(tags, snap)
         best_ck = checkpoint.find(out, "best")
         raw.load_state_dict(checkpoint.load(best_ck, with_optimizer=False)[0])
-        final = dev_eval(FINAL_EVAL_POSITIONS)
+        final = dev_eval(tc.final_eval_positions)
         result = {"run": str(out), "preset": preset, "config": cfg.to_dict(), "params": params,
                   "best_dev_loss": best, "best_step": checkpoint.read_json(best_ck / "state.json")["step"],
                   "dev": final["macro"], "dev_languages": final["languages"],
