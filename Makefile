@@ -12,6 +12,15 @@ QUICK_PRESET ?= quick
 .PHONY: setup quickstart test bench clean
 
 setup: $(VENV)/.installed
+	@# tests/test_browser.py drives Debian's chromium (Playwright never downloads a browser): install it as
+	@# root with apt when missing, refreshing stale package lists only if the first try fails; else it skips.
+	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing chromium (for the browser test)"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || \
+	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; } || \
+	  echo "warning: chromium could not be installed; tests/test_browser.py will be skipped"; \
+	fi
 
 $(VENV)/.installed: pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

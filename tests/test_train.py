@@ -1,4 +1,4 @@
-"""Training loop: loss falls, exact resume (also after Ctrl-C), budgets, run directory contents."""
+"""Training loop: loss falls, exact resume (also after Ctrl-C), budgets, accumulation, speed accounting."""
 
 import json
 
@@ -9,7 +9,8 @@ from nextchar import checkpoint
 from nextchar.config import load
 from nextchar.data import BatchSampler
 from nextchar.errors import UserError
-from nextchar.train import lr_at, train
+from nextchar.model import CharTransformer
+from nextchar.train import flops_per_token, lr_at, peak_flops, train
 
 torch.set_num_threads(1)
 
@@ -33,7 +34,8 @@ def test_loss_falls_and_run_dir_describes_itself(tiny_data_dir, tmp_path):
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     losses = [x["loss"] for x in lines if "loss" in x]
     assert len(losses) == 60
-    assert sum(losses[-10:]) / 10 < 0.75 * sum(losses[:5]) / 5
+    # the ratio is 0.72-0.81 over seeds (batches differ), so the bound leaves room for the draw
+    assert sum(losses[-10:]) / 10 < 0.85 * sum(losses[:5]) / 5
     evals = [x for x in lines if "dev_loss" in x]
     assert [e["step"] for e in evals] == [30, 60] and set(evals[0]["dev_lang_loss"]) == set(res["dev_languages"])
     assert res["steps"] == 60 and res["tokens"] == 60 * 8 * 32
@@ -102,3 +104,90 @@ def test_lr_schedule_warmup_then_cosine_to_floor():
     assert [lr_at(cfg, s, 0.0) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
     assert lr_at(cfg, 10, 0.5) == pytest.approx(0.55)
     assert lr_at(cfg, 10, 1.0) == pytest.approx(0.1)
+
+
+def curve(run):
+    return [x["loss"] for x in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in x]
+
+
+def test_grad_accumulation_equals_one_big_batch(tiny_data_dir, tmp_path):
+    """2 micro-batches of 4 == 1 batch of 8: the sampler hands out the same 8 sequences either way."""
+    train(tiny_data_dir, tmp_path / "one", tiny(max_steps=6, eval_every=3), progress=False)
+    train(tiny_data_dir, tmp_path / "two", tiny(max_steps=6, eval_every=3, grad_accum=2), progress=False)
+    # float summation order differs (two backward passes), nothing else: measured ~1e-7
+    assert curve(tmp_path / "one") == pytest.approx(curve(tmp_path / "two"), abs=1e-5)
+    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0)
+
+
+def test_grad_checkpointing_trains_the_same(tiny_data_dir, tmp_path):
+    train(tiny_data_dir, tmp_path / "plain", tiny(max_steps=4, eval_every=2), progress=False)
+    train(tiny_data_dir, tmp_path / "ckpt", tiny(max_steps=4, eval_every=2, grad_checkpoint=True), progress=False)
+    assert curve(tmp_path / "plain") == pytest.approx(curve(tmp_path / "ckpt"), abs=1e-5)
+
+
+def test_dev_lines_have_per_language_loss_and_top3(tiny_data_dir, tmp_path):
+    run = tmp_path / "r"
+    train(tiny_data_dir, run, tiny(max_steps=2, eval_every=2, lang_temperature=0.0, augment_lower=0.5,
+                                   augment_strip_accents=0.5), progress=False)
+    dev = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "dev_loss" in x]
+    langs = set(json.loads((run / "config.json").read_text())["languages"])
+    assert set(dev[-1]["dev_lang_loss"]) == set(dev[-1]["dev_lang_top3"]) == langs
+    assert all(0 <= v <= 1 for v in dev[-1]["dev_lang_top3"].values())
+
+
+def test_peak_flops_by_device_name():
+    assert peak_flops("NVIDIA H100 80GB HBM3") == peak_flops("NVIDIA H200") == 989.4e12
+    assert peak_flops("NVIDIA H100 PCIe") == 756e12 and peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
+    assert peak_flops("NVIDIA L40S") == 362e12 and peak_flops("NVIDIA L4") == 121e12
+    assert peak_flops("NVIDIA GeForce GTX 1080") is None and peak_flops("cpu (x86_64, 2 cores)") is None
+
+
+def test_flops_per_token_formula():
+    cfg = load("modern-2l").model
+    cfg.vocab_size = 78
+    m = CharTransformer(cfg)
+    n = m.num_params() - 128 * 128  # the learned position table is a lookup
+    assert flops_per_token(m) == 6 * n + 12 * 2 * 128 * 128
+    seed = load("seed-2l").model
+    seed.vocab_size = 78
+    assert flops_per_token(CharTransformer(seed)) == 6 * (416_590 - 78 * 128) + 12 * 2 * 128 * 128
+
+
+def test_compile_defaults_on_for_cuda_only(tiny_data_dir, tmp_path, monkeypatch):
+    import nextchar.train as tr
+
+    calls = []
+    monkeypatch.setattr(tr.torch, "compile", lambda m: calls.append(m) or m)
+    train(tiny_data_dir, tmp_path / "a", tiny(max_steps=1), progress=False)
+    assert calls == []
+    train(tiny_data_dir, tmp_path / "b", tiny(max_steps=1, compile=True), progress=False)
+    assert len(calls) == 1
+
+
+def test_crash_resumes_from_the_last_evaluation(tiny_data_dir, tmp_path):
+    """A crash saves nothing (as a killed DDP rank): --resume continues from the step-5 evaluation's checkpoint."""
+    cfg = tiny(max_steps=10, eval_every=5)
+    cfg.model.dropout = 0.1
+    train(tiny_data_dir, tmp_path / "straight", cfg, progress=False)
+    calls = {"n": 0}
+    orig = BatchSampler.next_batch
+
+    def crash(self):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise RuntimeError("node lost")
+        return orig(self)
+
+    BatchSampler.next_batch = crash
+    try:
+        with pytest.raises(RuntimeError):
+            train(tiny_data_dir, tmp_path / "crashed", cfg, progress=False)
+    finally:
+        BatchSampler.next_batch = orig
+    assert json.loads((tmp_path / "crashed/checkpoints/latest.json").read_text())["step"] == 5
+    train(tiny_data_dir, tmp_path / "crashed", cfg, resume=True, progress=False)
+    a, b = weights(tmp_path / "straight"), weights(tmp_path / "crashed")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

@@ -70,8 +70,18 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its latest checkpoint.")] = False,
     model: Annotated[str, typer.Option(help="transformer, or ngram for the Kneser-Ney baseline.")] = "transformer",
     order: Annotated[int, typer.Option(help="n-gram order (with --model ngram; 0 = choose on dev).")] = 0,
+    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the model (default: on for CUDA, off on CPU).")] = None,
+    grad_checkpoint: Annotated[Optional[bool], typer.Option("--grad-checkpoint/--no-grad-checkpoint", help="Recompute each layer in the backward pass (less memory, more time).")] = None,
+    grow: Annotated[Optional[str], typer.Option(help="LAYERS@FRACTION, e.g. 4@0.3: train 4 layers for 30% of the budget, then grow to model.n_layers.")] = None,
+    lang_temperature: Annotated[Optional[float], typer.Option(help="Sample languages with p ~ size^T (1 = proportional, 0 = uniform).")] = None,
+    augment_lower: Annotated[Optional[float], typer.Option(help="Probability of lower-casing a training sequence.")] = None,
+    augment_strip_accents: Annotated[Optional[float], typer.Option(help="Probability of dropping a training sequence's accents.")] = None,
 ):
-    """Train a model (a CharTransformer, or the n-gram baseline) into a run directory."""
+    """Train a model (a CharTransformer, or the n-gram baseline) into a run directory.
+
+    Several GPUs or machines: launch this same command with torchrun, e.g.
+    torchrun --standalone --nproc_per_node=8 -m nextchar train ...
+    """
     if model == "ngram":
         from nextchar.ngram import train_ngram
 
@@ -82,7 +92,9 @@ def train(
     from nextchar.train import train_from_options
 
     budget = {"max_steps": max_steps, "max_tokens": max_tokens, "max_minutes": max_minutes, "device": device,
-              "threads": threads}
+              "threads": threads, "compile": compile, "grad_checkpoint": grad_checkpoint, "grow": grow,
+              "lang_temperature": lang_temperature, "augment_lower": augment_lower,
+              "augment_strip_accents": augment_strip_accents}
     train_from_options(str(data), str(out), preset, str(config) if config else None, set_ or [], resume, budget)
 
 
@@ -196,21 +208,25 @@ app.add_typer(study_app, name="study")
 @study_app.command("run")
 @friendly
 def study_run(
-    grid: Annotated[Path, typer.Argument(help="TOML grid of named configurations (see configs/study-*.toml).")],
+    grid: Annotated[list[Path], typer.Argument(help="TOML grid(s) of named configurations (see configs/study-*.toml).")],
     data: Annotated[Path, typer.Option(help="Prepared data directory.")],
     out: Annotated[Path, typer.Option(help="Study directory (one run directory per point).")],
     budget_tokens: Annotated[Optional[int], typer.Option(help="Training characters per configuration.")] = None,
     budget_minutes: Annotated[Optional[float], typer.Option(help="Training minutes per configuration.")] = None,
-    eval_positions: Annotated[int, typer.Option(help="Test positions per language for each point.")] = 2000,
+    eval_positions: Annotated[Optional[int], typer.Option(help="Test positions per language for each point (default 2000, or the study's).")] = None,
+    dev_evals: Annotated[Optional[int], typer.Option(help="Dev evaluations per point for the learning curves (token budgets; default 5, or the study's).")] = None,
     ngram: Annotated[bool, typer.Option(help="Add the Kneser-Ney n-gram baseline row.")] = True,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override for every point, e.g. train.warmup_steps=20 (repeatable).")] = None,
     threads: Threads = 0,
 ):
-    """Train every configuration of a grid with the same budget (resumable), then write the report."""
+    """Train every configuration of the grid(s) with the same budget (resumable), then write the report."""
     from nextchar.study import run_study
 
     threads_option(threads)
-    run_study(grid, data, out, budget_tokens=budget_tokens, budget_minutes=budget_minutes,
-              eval_positions=eval_positions, ngram=ngram, threads=threads)
+    path = run_study(grid, data, out, budget_tokens=budget_tokens, budget_minutes=budget_minutes,
+                     eval_positions=eval_positions, ngram=ngram, threads=threads, dev_evals=dev_evals,
+                     sets=set_ or [])
+    typer.echo(f"wrote {path}")
 
 
 @study_app.command("report")
@@ -252,13 +268,15 @@ def export(
     out: Annotated[Path, typer.Option(help="Folder to write (model, vocabulary, config).")],
     format: Annotated[str, typer.Option("--format", help="Export format: onnx.")] = "onnx",
     int8: Annotated[bool, typer.Option(help="Also quantize weights to int8 and report the accuracy change.")] = False,
+    eval_positions: Annotated[int, typer.Option(help="Dev positions per language for the int8 accuracy change.")] = 200,
     threads: Threads = 0,
 ):
     """Export a run to a self-contained ONNX folder (optionally int8) and check parity."""
     from nextchar.export import export as run_export
+    from nextchar.export import format_summary
 
     threads_option(threads)
-    run_export(run, out, fmt=format, int8=int8)
+    typer.echo(format_summary(run_export(run, out, fmt=format, int8=int8, positions=eval_positions)))
 
 
 def main() -> None:

@@ -70,7 +70,11 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch threads; 0 = all cores
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
-    compile: bool = False  # torch.compile the model (helps on GPU, slower on CPU)
+    compile: bool | None = None  # torch.compile the model; None = on for CUDA, off on CPU (where it measured slower)
+    grad_checkpoint: bool = False  # recompute each layer in the backward pass: less activation memory, more time
+    grow: str = ""  # "LAYERS@FRACTION", e.g. "4@0.3": LAYERS deep for that fraction of the budget, then model.n_layers
+    augment_lower: float = 0.0  # probability per training sequence of lower-casing it (as people type)
+    augment_strip_accents: float = 0.0  # probability per training sequence of dropping its accents
 
     def __post_init__(self) -> None:
         problems = []
@@ -90,7 +94,30 @@ class TrainConfig:
             problems.append(f"device must be auto, cpu or cuda, not {self.device!r}")
         if self.lang_temperature < 0:
             problems.append(f"lang_temperature must be >= 0, not {self.lang_temperature}")
+        for name in ("augment_lower", "augment_strip_accents"):
+            if not 0 <= getattr(self, name) <= 1:
+                problems.append(f"{name} must be a probability in [0, 1], not {getattr(self, name)}")
+        if self.final_eval_positions < 1:
+            problems.append(f"final_eval_positions must be >= 1, not {self.final_eval_positions}")
+        if self.grow:
+            try:
+                parse_grow(self.grow)
+            except ValueError as e:
+                problems.append(str(e))
         raise_all(problems, "train")
+
+
+def parse_grow(spec: str) -> tuple[int, float]:
+    """ "4@0.3" -> (4, 0.3): layers to start with, and the fraction of the budget trained at that depth."""
+    layers, sep, frac = spec.partition("@")
+    try:
+        n, f = int(layers), float(frac)
+    except ValueError:
+        n, f = 0, -1.0
+    if not sep or n < 1 or not 0 < f < 1:
+        raise ValueError(f"grow must be LAYERS@FRACTION with LAYERS >= 1 and 0 < FRACTION < 1, e.g. 4@0.3; "
+                         f"not {spec!r}")
+    return n, f
 
 
 @dataclass

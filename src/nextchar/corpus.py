@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import io
 import json
 import logging
@@ -14,11 +15,12 @@ import tempfile
 import time
 import unicodedata
 from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 
-from nextchar.data import SPLITS, atomic_write, write_tokens
+from nextchar.data import SPLITS, atomic_write
 from nextchar.errors import UserError
 from nextchar.vocab import UNK, Vocab
 
@@ -96,55 +98,88 @@ def split_text(text: str) -> tuple[str, str, str]:
     within half the nominal size of the split that follows, so on small texts a cut never eats most of dev or
     test; for len(text) >= 20 all three splits are non-empty.
     """
-    n = len(text)
-    if n == 0:
+    if not text:
         return "", "", ""
-    raw1 = max(1, int(n * SPLIT_FRACTIONS[0]))
-    raw2 = max(raw1, int(n * SPLIT_FRACTIONS[1]))
-    cut1 = _move_cut(text, raw1, (raw2 - raw1) // 2)
-    cut2 = _move_cut(text, raw2, (n - raw2) // 2)
+    cut1, cut2 = split_cuts(len(text), lambda a, b: text[a:b])
     return text[:cut1], text[cut1:cut2], text[cut2:]
 
 
-def _move_cut(text: str, cut: int, max_move: int) -> int:
+def split_cuts(n: int, window: Callable[[int, int], str]) -> tuple[int, int]:
+    """split_text's two cut positions for a text of n >= 1 characters, reading only window(a, b) == text[a:b]
+    around the nominal cuts (so a text on disk never has to be in memory)."""
+    raw1 = max(1, int(n * SPLIT_FRACTIONS[0]))
+    raw2 = max(raw1, int(n * SPLIT_FRACTIONS[1]))
+    return _move_cut(window, raw1, (raw2 - raw1) // 2), _move_cut(window, raw2, (n - raw2) // 2)
+
+
+def _move_cut(window: Callable[[int, int], str], cut: int, max_move: int) -> int:
     """The first paragraph start, else word start, in (cut, cut + min(CUT_WINDOW, max_move)]; else cut."""
-    if text[cut - 1] == "\n":
-        return cut
     end = cut + min(CUT_WINDOW, max_move)  # a separator at index j < end moves the cut to j + 1 <= end
+    w = window(cut - 1, end)  # text[cut - 1:end]
+    if w[0] == "\n":
+        return cut
     for sep in ("\n", " "):
-        j = text.find(sep, cut, end)
+        j = w.find(sep, 1)
         if j >= 0:
-            return j + 1
+            return cut + j  # (cut - 1 + j) + 1
     return cut
 
 
 # ---------------------------------------------------------------- sources
 
 
-def read_folder(path: str | Path) -> dict[str, str]:
-    """Normalized texts of a folder of <lang>.txt files, by language label (the file stem)."""
+def corpus_sources(path: str | Path) -> dict[str, list[Path]]:
+    """The files of each language in a corpus folder: <lang>.txt, or a folder <lang>/ of .txt shards (sorted)."""
     root = Path(path)
     if not root.exists():
         raise UserError(f"{root}: corpus folder not found")
     if not root.is_dir():
         raise UserError(f"{root}: not a folder (--corpus wants a folder of <lang>.txt files)")
     try:
-        files = sorted(p for p in root.iterdir() if p.suffix == ".txt" and not p.name.startswith("."))
+        entries = sorted(p for p in root.iterdir() if not p.name.startswith(".")
+                         and (p.suffix == ".txt" or p.is_dir()))
     except OSError as e:
         raise UserError(f"{root}: cannot list folder ({e.strerror})") from None
-    if not files:
-        raise UserError(f"{root}: no .txt files (expected one <lang>.txt per language, e.g. en.txt)")
+    if not entries:
+        raise UserError(f"{root}: no .txt files (expected one <lang>.txt per language, e.g. en.txt, or a folder "
+                        "<lang>/ of .txt files)")
+    sources: dict[str, list[Path]] = {}
+    for p in entries:
+        label = p.name if p.is_dir() else p.stem
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", label):
+            what = "the folder name" if p.is_dir() else "the file name"
+            raise UserError(f"{p}: language label {label!r} ({what}) may only use letters, digits, - and _")
+        if label in sources:
+            raise UserError(f"{p}: language {label!r} is given twice (as {label}.txt and as a folder {label}/)")
+        if p.is_dir():
+            try:
+                files = sorted(f for f in p.rglob("*.txt") if not any(x.startswith(".") for x in f.parts[len(p.parts):]))
+            except OSError as e:
+                raise UserError(f"{p}: cannot list folder ({e.strerror})") from None
+            if not files:
+                raise UserError(f"{p}: language folder has no .txt files")
+        else:
+            files = [p]
+        for f in files:
+            if not f.is_file():
+                raise UserError(f"{f}: not a regular file")
+        sources[label] = files
+    return sources
+
+
+def read_folder(path: str | Path) -> dict[str, str]:
+    """Normalized texts of a corpus folder (see corpus_sources), by language label; a folder's files are joined
+    as separate paragraphs. In memory: prepare() streams the same texts instead."""
     texts = {}
-    for p in files:
-        if not re.fullmatch(r"[A-Za-z0-9_-]+", p.stem):
-            raise UserError(f"{p}: language label {p.stem!r} (the file name) may only use letters, digits, - and _")
-        if not p.is_file():
-            raise UserError(f"{p}: not a regular file")
-        try:
-            raw = p.read_bytes()
-        except OSError as e:
-            raise UserError(f"{p}: cannot read ({e.strerror})") from None
-        texts[p.stem] = _nonempty(normalize(raw, str(p)), p)
+    for lang, files in corpus_sources(path).items():
+        parts = []
+        for p in files:
+            try:
+                raw = p.read_bytes()
+            except OSError as e:
+                raise UserError(f"{p}: cannot read ({e.strerror})") from None
+            parts.append(normalize(raw, str(p)))
+        texts[lang] = _nonempty("\n".join(t for t in parts if t), files[0] if len(files) == 1 else files[0].parent)
     return texts
 
 
@@ -158,6 +193,19 @@ def cache_dir() -> Path:
     """Where downloads go: $NEXTCHAR_CACHE/dasher, default ~/.cache/nextchar/dasher."""
     root = os.environ.get("NEXTCHAR_CACHE")
     return (Path(root).expanduser() if root else Path.home() / ".cache" / "nextchar") / "dasher"
+
+
+def dasher_sources(cache: str | Path | None = None) -> dict[str, list[Path]]:
+    """The Dasher training text of each of the 24 languages of DASHER_FILES, fetching the .deb if needed."""
+    cache = Path(cache) if cache is not None else cache_dir()
+    root = unpacked_deb(fetch_dasher_deb(cache), cache) / DASHER_DIR
+    sources = {}
+    for lang, part in DASHER_FILES.items():
+        p = root / f"training_{part}.txt"
+        if not p.is_file():
+            raise UserError(f"{p}: Dasher text missing; delete {cache} to fetch it again")
+        sources[lang] = [p]
+    return sources
 
 
 def read_dasher(cache: str | Path | None = None) -> dict[str, str]:
@@ -276,6 +324,141 @@ def _deb_data_member(deb: Path) -> tuple[str, bytes]:
     raise UserError(f"{deb}: no data.tar member; delete it to download again")
 
 
+# ---------------------------------------------------------------- streaming normalization
+
+CHUNK_BYTES = 8 << 20  # raw bytes read at a time: prepare's memory is a small multiple of this, whatever the corpus
+BLOCK_CHARS = 4 << 20  # code points per read of a normalized temp file (histograms, windows, encoding)
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+_FFFD = "\ufffd".encode("utf-8")
+_JAMO = ((0x1100, 0x11FF), (0xA960, 0xA97F), (0xD7B0, 0xD7FF))
+
+
+def _cut_point(text: str) -> int:
+    """Where text may be split so that cleaning the two parts apart equals cleaning them together; 0 = nowhere.
+
+    After the last "\\n" (never inside "\\r\\n"; nothing composes with a newline under NFC). Without one, before
+    the last character that no canonical composition or reordering links to what precedes it: ASCII (not "\\n"),
+    else a starter that is neither a combining mark nor a Hangul jamo; never before a character that cleaning
+    deletes, since that would let its neighbours meet (and compose) only in the whole text.
+    """
+    i = text.rfind("\n") + 1
+    if i:
+        return i
+    lo = max(0, len(text) - 4096)
+    for j in range(len(text) - 1, lo, -1):
+        if ord(text[j]) < 0x80 and not _CONTROLS.match(text[j]):
+            return j
+    for j in range(len(text) - 1, lo, -1):
+        c, cp = text[j], ord(text[j])
+        if not unicodedata.combining(c) and not unicodedata.category(c).startswith("M") \
+                and not any(a <= cp <= b for a, b in _JAMO) and not _CONTROLS.match(c):
+            return j
+    return 0
+
+
+def _clean(text: str) -> str:
+    """normalize()'s character-level steps (everything but the whitespace and paragraph rules)."""
+    text = _NEWLINES.sub("\n", text)
+    text = _CONTROLS.sub(lambda m: _CONTROL_FIXES.get(m.group(), ""), text)
+    return unicodedata.normalize("NFC", text)
+
+
+class _Paragraphs:
+    """normalize()'s whitespace rules over a stream of cleaned text pieces cut anywhere.
+
+    normalize() joins the words (runs of non-whitespace) of a paragraph with one space and paragraphs with "\\n";
+    so between two words goes "\\n" if the whitespace between them holds a blank line (two "\\n") and " " else.
+    Each piece's inside is normalized the same way; only the whitespace around its edges is carried over.
+    """
+
+    def __init__(self) -> None:
+        self.started = False  # a word has been emitted
+        self.gap = False  # whitespace seen since the last emitted character
+        self.newlines = 0  # "\n"s in that whitespace
+
+    def feed(self, text: str, final: bool = False) -> str:
+        body = text.lstrip()
+        if len(body) < len(text):
+            self.gap = True
+            self.newlines += text.count("\n", 0, len(text) - len(body))
+        if not body:
+            return ""
+        trail = ""
+        if not final:
+            stripped = body.rstrip()
+            body, trail = stripped, body[len(stripped):]
+        norm = "\n".join(p for p in (" ".join(q.split()) for q in _BLANK_LINE.split(body)) if p)
+        sep = ("\n" if self.newlines >= 2 else " ") if self.started and self.gap else ""
+        self.started, self.gap, self.newlines = True, bool(trail), trail.count("\n")
+        return sep + norm
+
+    def next_file(self) -> None:
+        """A new file starts a new paragraph."""
+        self.gap, self.newlines = True, 2
+
+
+def _open(path: Path):
+    try:
+        return open(path, "rb")  # the caller's with-block closes it
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def stream_normalize(files: list[Path], chunk_bytes: int | None = None) -> Iterator[str]:
+    """normalize() of each file, joined as separate paragraphs, as a stream of pieces: bounded memory.
+
+    The pieces concatenate to exactly "\\n".join(non-empty normalize(file) ...). The whole-file checks of normalize
+    (binary, UTF-16, invalid UTF-8) raise the same UserError, once the file has been read far enough to tell.
+    """
+    chunk_bytes = chunk_bytes or CHUNK_BYTES
+    para = _Paragraphs()
+    for k, path in enumerate(files):
+        if k:
+            para.next_file()
+        name = str(path)
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        carry, tail = "", b""
+        n_raw = n_text = nuls = real_fffd = fffd = 0
+        with _open(path) as f:
+            while True:
+                try:
+                    raw = f.read(chunk_bytes)
+                except OSError as e:
+                    raise UserError(f"{path}: cannot read ({e.strerror})") from None
+                final = not raw
+                if n_raw == 0 and raw.startswith(_UTF16_BOMS):
+                    raise UserError(f"{name}: looks like UTF-16 text; save it as UTF-8")
+                if n_raw < 8000 and b"\x00" in raw[:8000 - n_raw]:
+                    raise UserError(f"{name}: looks binary (contains NUL bytes); expected UTF-8 text")
+                nuls += raw.count(b"\x00")
+                real_fffd += raw.count(_FFFD) + (tail + raw[:2]).count(_FFFD)  # + sequences across the boundary
+                tail = (tail + raw)[-2:]
+                n_raw += len(raw)
+                text = decoder.decode(raw, final)
+                n_text += len(text)
+                fffd += text.count("\ufffd")
+                if final:
+                    if nuls > n_raw // 1000:
+                        raise UserError(f"{name}: looks binary (contains NUL bytes); expected UTF-8 text")
+                    bad = fffd - real_fffd
+                    if bad > 0.25 * n_text:
+                        raise UserError(f"{name}: looks binary ({bad} invalid UTF-8 sequences in {n_text} "
+                                        "characters); expected UTF-8 text")
+                    if bad:
+                        log.warning("%s: replaced %d invalid UTF-8 byte sequence(s) with U+FFFD (is the file UTF-8?)",
+                                    name, bad)
+                    out = para.feed(_clean(carry + text), final=True)
+                    if out:
+                        yield out
+                    break
+                text = carry + text
+                cut = _cut_point(text)
+                carry = text[cut:]
+                out = para.feed(_clean(text[:cut]))
+                if out:
+                    yield out
+
+
 # ---------------------------------------------------------------- prepare
 
 
@@ -288,35 +471,113 @@ def char_counts(texts) -> Counter:
     return Counter({chr(cp): int(hist[cp]) for cp in nz})
 
 
+class _CodePoints:
+    """A normalized text kept on disk as little-endian uint32 code points (random access without memory)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.n = path.stat().st_size // 4
+
+    def read(self, a: int, b: int) -> np.ndarray:
+        a, b = max(0, a), min(self.n, b)
+        with open(self.path, "rb") as f:
+            f.seek(4 * a)
+            return np.fromfile(f, dtype="<u4", count=max(0, b - a))
+
+    def text(self, a: int, b: int) -> str:
+        return self.read(a, b).tobytes().decode("utf-32-le")
+
+    def blocks(self, a: int, b: int) -> Iterator[np.ndarray]:
+        for i in range(a, b, BLOCK_CHARS):
+            yield self.read(i, min(b, i + BLOCK_CHARS))
+
+
+def _write_normalized(files: list[Path], dest: Path, origin: Path) -> tuple[int, int]:
+    """Stream-normalize files into dest as uint32 code points; (characters, distinct characters)."""
+    seen = np.zeros(0x110000, dtype=bool)
+    n = 0
+    with open(dest, "wb") as f:
+        for piece in stream_normalize(files):
+            cps = np.frombuffer(piece.encode("utf-32-le", "surrogatepass"), "<u4")
+            seen[cps] = True
+            f.write(cps.tobytes())
+            n += len(cps)
+    if n == 0:
+        raise UserError(f"{origin}: no text (empty or only whitespace after normalization)")
+    return n, int(seen.sum())
+
+
+def _write_encoded(dest: Path, cps: _CodePoints, a: int, b: int, vocab: Vocab) -> tuple[int, int]:
+    """Encode code points [a, b) with vocab into the token file dest, atomically; (tokens, unknown tokens)."""
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    unk = 0
+    try:
+        with open(tmp, "wb") as f:
+            for block in cps.blocks(a, b):
+                ids = vocab.encode(block.tobytes().decode("utf-32-le", "surrogatepass")).astype(
+                    vocab.dtype.newbyteorder("<"), copy=False)
+                unk += int(np.count_nonzero(ids == UNK))
+                f.write(ids.tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+    except OSError as e:
+        raise UserError(f"{dest}: cannot write ({e.strerror})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return b - a, unk
+
+
 def prepare(out: str | Path, corpus: str | Path | None = None, min_count: int = 2) -> dict:
-    """Read, normalize, split, build the vocab on train, encode and write the data dir; returns stats.json's dict."""
+    """Normalize, split, build the vocab on train, encode and write the data dir; returns stats.json's dict.
+
+    Streams: each language is normalized chunk by chunk into a temporary file of code points inside out/, the
+    vocabulary is counted from the train parts, then each split is encoded block by block. Memory stays bounded
+    whatever the corpus size (the temporary files take 4 bytes per character until their language is encoded);
+    the result is identical to normalizing whole files in memory.
+    """
     t0 = time.perf_counter()
     out = Path(out)
     if corpus is None:
-        texts, source = read_dasher(), "dasher"
+        sources, source = dasher_sources(), "dasher"
     else:
-        texts, source = read_folder(corpus), str(Path(corpus).resolve())
-    splits = {lang: split_text(text) for lang, text in sorted(texts.items())}
-    vocab = Vocab.build(char_counts(s[0] for s in splits.values()), min_count=min_count)
+        sources, source = corpus_sources(corpus), str(Path(corpus).resolve())
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(dir=out, prefix=".prepare-"))
     except OSError as e:
         raise UserError(f"{out}: cannot create data dir ({e.strerror or e})") from None
-    languages = {}
-    distinct = {}
-    for lang, parts in splits.items():
-        try:
-            (out / lang).mkdir(exist_ok=True)
-        except OSError as e:
-            raise UserError(f"{out / lang}: cannot create ({e.strerror or e})") from None
-        entry = {}
-        for split, text in zip(SPLITS, parts):
-            ids = vocab.encode(text)
-            write_tokens(out / lang / f"{split}.bin", ids, vocab.dtype)
-            entry[split] = len(ids)
-            entry[f"unk_{split}"] = int(np.count_nonzero(ids == UNK))
-        languages[lang] = {k: entry[k] for k in ("train", "dev", "test", "unk_train", "unk_dev", "unk_test")}
-        distinct[lang] = len(set(texts[lang]))
+    try:
+        texts: dict[str, tuple[_CodePoints, int, int]] = {}
+        distinct: dict[str, int] = {}
+        hist = np.zeros(0x110000, dtype=np.int64)  # train-part character counts, all languages
+        for lang, files in sorted(sources.items()):
+            origin = files[0] if len(files) == 1 else files[0].parent
+            n, distinct[lang] = _write_normalized(files, work / f"{lang}.u32", origin)
+            cps = _CodePoints(work / f"{lang}.u32")
+            cut1, cut2 = split_cuts(n, cps.text)
+            for block in cps.blocks(0, cut1):
+                hist += np.bincount(block, minlength=0x110000)
+            texts[lang] = (cps, cut1, cut2)
+        vocab = Vocab.build(Counter({chr(cp): int(hist[cp]) for cp in np.flatnonzero(hist)}), min_count=min_count)
+        languages = {}
+        for lang, (cps, cut1, cut2) in texts.items():
+            try:
+                (out / lang).mkdir(exist_ok=True)
+            except OSError as e:
+                raise UserError(f"{out / lang}: cannot create ({e.strerror or e})") from None
+            entry = {}
+            for split, (a, b) in zip(SPLITS, ((0, cut1), (cut1, cut2), (cut2, cps.n))):
+                entry[split], entry[f"unk_{split}"] = _write_encoded(out / lang / f"{split}.bin", cps, a, b, vocab)
+            languages[lang] = {k: entry[k] for k in ("train", "dev", "test", "unk_train", "unk_dev", "unk_test")}
+            cps.path.unlink()  # free the disk as soon as a language is written
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        if created:
+            shutil.rmtree(out, ignore_errors=True)  # a failed first prepare leaves nothing behind
+        raise
+    shutil.rmtree(work, ignore_errors=True)
     vocab.save(out / "vocab.json")
     stats = {"source": source, "dtype": vocab.dtype.name, "vocab_size": vocab.size, "vocab_hash": vocab.hash,
              "min_count": min_count, "languages": languages}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,17 +150,58 @@ def _stats_problem(stats) -> str | None:
     return None
 
 
+# SplitMix64 constants: the golden-ratio increment and the two multipliers of its output mix.
+_GAMMA = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_DRAWS = 4  # random numbers per sequence: language, offset, lower-case?, strip accents?
+
+
+def _mix64(z: np.ndarray) -> np.ndarray:
+    """SplitMix64's output function: a bijective scramble of uint64s (numpy wraps on overflow)."""
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    return z ^ (z >> np.uint64(31))
+
+
+def case_maps(vocab: Vocab) -> tuple[np.ndarray, np.ndarray]:
+    """id -> id maps (V,) for typing as people do: lower case, and accents dropped (NFD minus combining marks).
+
+    A character whose variant is not one character of the vocabulary maps to itself, so ids never leave it.
+    """
+    lower = np.arange(vocab.size, dtype=np.int64)
+    strip = np.arange(vocab.size, dtype=np.int64)
+    for i, c in enumerate(vocab.chars):
+        if vocab.is_special(i):
+            continue
+        low = c.lower()
+        bare = unicodedata.normalize("NFC", "".join(m for m in unicodedata.normalize("NFD", c)
+                                                    if not unicodedata.combining(m)))
+        lower[i] = vocab.stoi.get(low, i)
+        strip[i] = vocab.stoi.get(bare, i)
+    return lower, strip
+
+
 class BatchSampler:
-    """Random training windows: per sequence a language (p ~ n_chars^lang_temperature), then a uniform offset."""
+    """Random training windows: per sequence a language (p ~ n_chars^lang_temperature), then a uniform offset.
+
+    Sequences form one global stream: sequence r's random numbers are a pure function of (seed, r), and each call
+    hands rank k of W the slice [k*b, (k+1)*b) of the next W*b sequences. So W ranks with micro-batch b see exactly
+    the sequences of one process drawing W*b at a time, at any gradient accumulation, and the state (a sequence
+    count) resumes on any number of ranks.
+    """
 
     def __init__(self, ds: DataSet, split: str = "train", context: int = 128, batch_size: int = 32, seed: int = 0,
-                 lang_temperature: float = 1.0, rank: int = 0, world_size: int = 1) -> None:
+                 lang_temperature: float = 1.0, rank: int = 0, world_size: int = 1, augment_lower: float = 0.0,
+                 augment_strip_accents: float = 0.0) -> None:
         if context < 1 or batch_size < 1:
             raise ValueError("context and batch_size must be >= 1")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} not in [0, {world_size})")
         if seed < 0 or lang_temperature < 0:
             raise ValueError("seed and lang_temperature must be >= 0")
+        if not (0 <= augment_lower <= 1 and 0 <= augment_strip_accents <= 1):
+            raise ValueError("augmentation probabilities must be in [0, 1]")
         self.ds, self.split, self.context, self.batch_size = ds, split, context, batch_size
         self.seed, self.rank, self.world_size = seed, rank, world_size
         # A window needs context+1 tokens (inputs plus the shifted targets).
@@ -169,31 +211,49 @@ class BatchSampler:
         sizes = np.array([ds.n_tokens(lang, split) for lang in self.langs], dtype=np.float64)
         weights = sizes ** lang_temperature
         self._probs = weights / weights.sum()
+        self._cdf = np.cumsum(self._probs)
         self.lang_probs: dict[str, float] = {lang: float(p) for lang, p in zip(self.langs, self._probs)}
         self._arrays = [ds.split(lang, split) for lang in self.langs]
         self._highs = sizes.astype(np.int64) - context  # offsets are in [0, n - context)
         self._window = np.arange(context + 1)
-        # (seed, rank) -> independent streams, so DDP ranks never draw the same batches.
-        self.rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, rank])))
+        self.augment = (augment_lower, augment_strip_accents)
+        self._maps = case_maps(ds.vocab) if augment_lower or augment_strip_accents else None
+        self._key = _mix64(np.array([seed], dtype=np.uint64) * _GAMMA)
+        self.rows = 0  # sequences of the global stream consumed so far (all ranks together)
         self.batches = 0
+
+    def _uniform(self, rows: np.ndarray, k: int) -> np.ndarray:
+        """Uniform floats in [0, 1): draw k of each global sequence index in rows (SplitMix64, counter-based)."""
+        z = self._key + (rows.astype(np.uint64) * np.uint64(_DRAWS) + np.uint64(k + 1)) * _GAMMA
+        return (_mix64(z) >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
     def next_batch(self) -> tuple[np.ndarray, np.ndarray]:
         """(x, y): int64 arrays of shape (batch_size, context); y is x shifted left by one."""
-        which = self.rng.choice(len(self.langs), size=self.batch_size, p=self._probs)
-        offsets = self.rng.integers(0, self._highs[which])
-        out = np.empty((self.batch_size, self.context + 1), dtype=np.int64)
+        start = self.rows + self.rank * self.batch_size
+        rows = np.arange(start, start + self.batch_size, dtype=np.int64)  # (b,) global sequence indices
+        which = np.minimum(np.searchsorted(self._cdf, self._uniform(rows, 0), side="right"), len(self.langs) - 1)
+        highs = self._highs[which]
+        offsets = np.minimum((self._uniform(rows, 1) * highs).astype(np.int64), highs - 1)  # (b,)
+        out = np.empty((self.batch_size, self.context + 1), dtype=np.int64)  # (b, T+1)
         for k in np.unique(which):
-            rows = np.flatnonzero(which == k)
-            out[rows] = self._arrays[k][offsets[rows, None] + self._window]
+            sel = np.flatnonzero(which == k)
+            out[sel] = self._arrays[k][offsets[sel, None] + self._window]
+        if self._maps is not None:
+            for draw, (p, table) in enumerate(zip(self.augment, self._maps), start=2):
+                hit = np.flatnonzero(self._uniform(rows, draw) < p)
+                out[hit] = table[out[hit]]
+        self.rows += self.batch_size * self.world_size
         self.batches += 1
         return np.ascontiguousarray(out[:, :-1]), np.ascontiguousarray(out[:, 1:])
 
     def state_dict(self) -> dict:
-        """JSON-serializable state (Python ints are exact in JSON) for resuming the exact batch stream."""
-        return {"rng": self.rng.bit_generator.state, "batches": self.batches, "seed": self.seed, "rank": self.rank}
+        """JSON-serializable state for resuming the exact stream (on any number of ranks)."""
+        return {"rows": self.rows, "batches": self.batches, "seed": self.seed}
 
     def load_state_dict(self, d: dict) -> None:
-        self.rng.bit_generator.state = d["rng"]
+        if "rows" not in d:
+            raise ValueError("sampler state from an older nextchar (no global sequence count)")
+        self.rows = int(d["rows"])
         self.batches = int(d["batches"])
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -155,6 +156,33 @@ class CharTransformer(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def grow(self, n_layers: int) -> list[nn.Parameter]:
+        """Append modern blocks up to n_layers deep that start as the identity, so the function is unchanged.
+
+        A new block's residual branches end in zero-initialized projections (attn.proj, fc2), so it adds nothing
+        until trained; the rest is initialized as in reset_parameters. Post-LN (seed) blocks normalize their
+        output and cannot be the identity, so they cannot grow. Returns the new parameters (for the optimizer).
+        """
+        if self.cfg.variant == "seed":
+            raise ValueError("the seed (post-LN) variant cannot grow: a post-LN block cannot start as the identity")
+        if n_layers < len(self.blocks):
+            raise ValueError(f"cannot grow from {len(self.blocks)} to fewer layers ({n_layers})")
+        cfg = dataclasses.replace(self.cfg, n_layers=n_layers)
+        ref = self.tok.weight
+        new: list[nn.Parameter] = []
+        for _ in range(n_layers - len(self.blocks)):
+            block = ModernBlock(cfg)  # built and initialized on CPU: the same draws whatever the device
+            for p in block.parameters():
+                if p.dim() >= 2:
+                    nn.init.normal_(p, 0.0, 0.02)
+            nn.init.zeros_(block.attn.proj.weight)
+            nn.init.zeros_(block.fc2.weight)
+            block.to(device=ref.device, dtype=ref.dtype).train(self.training)
+            self.blocks.append(block)
+            new.extend(block.parameters())
+        self.cfg = cfg
+        return new
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
                 last_only: bool = False, at: torch.Tensor | None = None):

@@ -1,0 +1,434 @@
+"""HTTP service: JSON prediction API (plain or adapted per session), a health check and the web keyboard page."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import json
+import logging
+import queue
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from nextchar.adapt import MAX_SESSIONS, MAX_TEXT, WEIGHTS, AdaptiveSession, SessionStore, Weights, rank
+from nextchar.errors import UserError
+from nextchar.predict import Predictor
+
+MAX_BODY = 64 * 1024  # bytes of request body; a prefix longer than this is useless to any model anyway
+MAX_K = 10
+MAX_BATCH = 1000  # prefixes per batch request
+BATCH_ROWS = 512  # most prefixes one model call takes; bounds the memory of a forward pass
+STATIC = Path(__file__).parent / "static"
+log = logging.getLogger("nextchar.serve")
+
+SessionId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+SESSION_HELP = ("Adapt to this user: 1-64 letters, digits, '-' or '_', chosen by the client (random). The "
+                "session's cache reads the text it was told with /v1/session/observe, then this prefix.")
+
+
+# ------------------------------------------------------------------------------------------ the contract
+
+
+class Strict(BaseModel):
+    # "3" for k or null for prefix are client bugs worth a clear 422, not something to guess around
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class PredictRequest(Strict):
+    prefix: str = Field(description="Text typed so far (any Unicode, may be empty).", examples=["Hello wo"])
+    k: int = Field(3, ge=1, le=MAX_K, description="How many characters to suggest.")
+    session: SessionId | None = Field(None, description=SESSION_HELP)
+
+
+class BatchRequest(Strict):
+    prefixes: list[str] = Field(max_length=MAX_BATCH, description=f"Up to {MAX_BATCH} prefixes.")
+    k: int = Field(3, ge=1, le=MAX_K)
+    session: SessionId | None = Field(None, description=SESSION_HELP)
+
+
+class ObserveRequest(Strict):
+    session: SessionId
+    text: str = Field(description="Text the user wrote (e.g. a finished message), remembered for this session.")
+
+
+class ForgetRequest(Strict):
+    session: SessionId
+
+
+class Prediction(BaseModel):
+    char: str
+    prob: float
+
+
+class PredictResponse(BaseModel):
+    predictions: list[Prediction] = Field(description="Best first.")
+    model: str = Field(description="The run id of the model.")
+    adapted: bool = Field(description="Whether a session's cache was mixed in.")
+
+
+class BatchResponse(BaseModel):
+    predictions: list[list[Prediction]] = Field(description="One list per prefix, in order.")
+    model: str
+    adapted: bool
+
+
+class SessionResponse(BaseModel):
+    session: str
+    history_chars: int = Field(description="Characters of remembered text (oldest dropped beyond a limit).")
+
+
+class Health(BaseModel):
+    status: str
+    model: str
+    sessions: int
+    cpu_s: float = Field(description="CPU seconds this server process has used (all threads), for load tests.")
+
+
+# ------------------------------------------------------------------------------------------ batching
+
+
+@dataclass
+class Job:
+    """One request's work for the model thread."""
+
+    prefixes: list[str]
+    k: int
+    session: AdaptiveSession | None
+    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+
+
+class Batcher:
+    """One thread runs the model; all requests waiting when it is free go into its next call together.
+
+    Each request gets only its own rows back (mixed with its own session's cache), and the predictor is
+    never entered by two threads at once, so a backend that keeps internal state (a KV cache) needs no
+    locking of its own.
+    """
+
+    def __init__(self, predictor: Predictor, max_rows: int = BATCH_ROWS):
+        self.pred = predictor
+        self.max_rows = max_rows
+        self.ok = predictor.suggestible()
+        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, prefixes: list[str], k: int, session: AdaptiveSession | None = None
+               ) -> concurrent.futures.Future:
+        """A future of k (char, prob) dicts per prefix, best first."""
+        job = Job(prefixes, k, session)
+        if not prefixes:
+            job.future.set_result([])
+            return job.future
+        with self._lock:
+            if self._thread is None:  # started on first use, so an app built without a server costs nothing
+                self._thread = threading.Thread(target=self._run, name="nextchar-model", daemon=True)
+                self._thread.start()
+        self._jobs.put(job)
+        return job.future
+
+    def close(self) -> None:
+        with self._lock:
+            if self._thread is not None:
+                self._jobs.put(None)
+                self._thread.join(timeout=10)
+                self._thread = None
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            jobs, rows = [job], len(job.prefixes)
+            while rows < self.max_rows:
+                try:
+                    nxt = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._jobs.put(None)  # finish this batch, then stop
+                    break
+                jobs.append(nxt)
+                rows += len(nxt.prefixes)
+            # a request whose client went away was cancelled: skip it; the rest can no longer be cancelled
+            jobs = [j for j in jobs if j.future.set_running_or_notify_cancel()]
+            prefixes = [p for j in jobs for p in j.prefixes]
+            try:
+                probs = np.concatenate([self.pred.dist(prefixes[i:i + self.max_rows])
+                                        for i in range(0, len(prefixes), self.max_rows)])  # (N, V)
+            except BaseException as e:  # noqa: BLE001 - handed to every waiting request, never lost
+                for j in jobs:
+                    j.future.set_exception(e)
+                continue
+            i = 0
+            for j in jobs:
+                mine = probs[i:i + len(j.prefixes)]  # (n, V)
+                i += len(j.prefixes)
+                try:
+                    if j.session is not None:
+                        mine = j.session.dist_batch(j.prefixes, mine)
+                    ranked = rank(mine, self.ok, self.pred.vocab.chars, j.k)
+                    j.future.set_result([[{"char": c, "prob": round(p, 6)} for c, p in r] for r in ranked])
+                except BaseException as e:  # noqa: BLE001
+                    j.future.set_exception(e)
+
+
+# ------------------------------------------------------------------------------------------ errors
+
+
+class SafeJSON(JSONResponse):
+    """JSON that always encodes: ASCII escapes survive lone surrogates from a client's JSON."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+def error(status: int, message: str, **extra: Any) -> SafeJSON:
+    return SafeJSON({"error": message, **extra}, status_code=status)
+
+
+def _field(loc: tuple | list) -> str:
+    parts = [str(x) for x in loc if x != "body"]
+    return ".".join(parts) or "body"
+
+
+async def on_validation_error(request: Request, exc: RequestValidationError) -> SafeJSON:
+    # pydantic's own detail echoes the input (which may be huge, NaN or unencodable); keep field + message
+    errs = [{"field": _field(e.get("loc", ())), "message": str(e.get("msg", "invalid")), "type": str(e.get("type"))}
+            for e in exc.errors()]
+    first = errs[0] if errs else {"field": "body", "message": "invalid request", "type": ""}
+    if first["type"] == "json_invalid":
+        msg = "request body is not valid JSON"
+    elif first["type"] == "model_attributes_type":
+        ctype = request.headers.get("content-type", "")
+        hint = "" if "json" in ctype else " with Content-Type: application/json"
+        msg = f"send a JSON object{hint}"
+    else:
+        msg = f"{first['field']}: {first['message']}"
+    return error(422, msg, errors=errs)
+
+
+async def on_http_error(request: Request, exc: StarletteHTTPException) -> SafeJSON:
+    if exc.status_code == 400 and "parsing the body" in str(exc.detail):
+        return error(422, "request body is not valid JSON (or nested too deeply)")
+    return error(exc.status_code, str(exc.detail))
+
+
+async def on_user_error(request: Request, exc: UserError) -> SafeJSON:
+    return error(422, str(exc))
+
+
+async def on_crash(request: Request, exc: Exception) -> SafeJSON:
+    log.exception("request failed: %s %s", request.method, request.url.path)
+    return error(500, "internal error (see the server log)")
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over max_bytes gets 413 before the app sees it (chunked bodies too).
+
+    The body is read here in full (it is small by then) and handed on as one message, so the app's own
+    body parsing can never swallow the limit into a generic parse error.
+    """
+
+    def __init__(self, app: Any, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_big = error(413, f"request body larger than {self.max_bytes} bytes")
+        length = dict(scope.get("headers", [])).get(b"content-length")
+        if length is not None and not length.isdigit():
+            await error(400, "invalid Content-Length header")(scope, receive, send)
+            return
+        if length is not None and int(length) > self.max_bytes:
+            await too_big(scope, receive, send)
+            return
+        chunks, size = [], 0
+        while True:
+            msg = await receive()
+            if msg["type"] != "http.request":  # the client went away
+                return
+            chunks.append(msg.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                await too_big(scope, receive, send)
+                return
+            if not msg.get("more_body", False):
+                break
+        body, replayed = b"".join(chunks), False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: wait for a disconnect, as the server would report it
+
+        await self.app(scope, replay, send)
+
+
+# ------------------------------------------------------------------------------------------ the app
+
+
+def create_app(predictor: Predictor | str | Path, backend: str = "torch", max_sessions: int = MAX_SESSIONS,
+               max_text: int = MAX_TEXT, weights: Weights = WEIGHTS, max_body: int = MAX_BODY) -> FastAPI:
+    """The FastAPI app for a loaded Predictor or a run directory (loaded with `backend`)."""
+    pred = predictor if isinstance(predictor, Predictor) else Predictor.load(predictor, backend=backend)
+    sessions = SessionStore(pred, max_sessions=max_sessions, max_text=max_text, weights=weights)
+    batcher = Batcher(pred)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        batcher.close()
+
+    app = FastAPI(title="nextchar", version="1", lifespan=lifespan,
+                  description="Ranks the next character of any text in the model's languages. The web keyboard "
+                              f"is at `/`. Bodies over {max_body} bytes get 413; malformed requests get 422; "
+                              "every error is JSON with an `error` message.")
+    app.state.predictor, app.state.sessions, app.state.batcher = pred, sessions, batcher
+    app.add_exception_handler(RequestValidationError, on_validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, on_http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(UserError, on_user_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, on_crash)
+    app.add_middleware(BodyLimit, max_bytes=max_body)
+
+    async def predictions(prefixes: list[str], k: int, session: str | None) -> list[list[dict]]:
+        # the event loop only parses and waits; model, cache and ranking run on the model thread
+        return await asyncio.wrap_future(batcher.submit(prefixes, k, sessions.get(session) if session else None))
+
+    # Answers are built as JSONResponse directly: response_model still documents them in /docs, and
+    # skipping its re-validation of our own output saves time on every keystroke.
+    @app.post("/v1/predict", response_model=PredictResponse)
+    async def predict(req: PredictRequest) -> JSONResponse:
+        """The k most likely next characters after `prefix`, adapted to `session` when given."""
+        rows = await predictions([req.prefix], req.k, req.session)
+        return JSONResponse({"predictions": rows[0], "model": pred.run_id, "adapted": req.session is not None})
+
+    @app.post("/v1/predict/batch", response_model=BatchResponse)
+    async def predict_batch(req: BatchRequest) -> JSONResponse:
+        """One prediction list per prefix (one model call for all of them)."""
+        rows = await predictions(req.prefixes, req.k, req.session)
+        return JSONResponse({"predictions": rows, "model": pred.run_id, "adapted": req.session is not None})
+
+    @app.post("/v1/session/observe", response_model=SessionResponse)
+    async def observe(req: ObserveRequest) -> dict:
+        """Remember text the user wrote, for this session's later predictions (bounded; oldest dropped)."""
+        s = sessions.get(req.session)
+        s.observe(req.text)
+        return {"session": req.session, "history_chars": s.history_chars}
+
+    @app.post("/v1/session/forget", response_model=SessionResponse)
+    async def forget(req: ForgetRequest) -> dict:
+        """Drop everything the server keeps for this session."""
+        sessions.forget(req.session)
+        return {"session": req.session, "history_chars": 0}
+
+    @app.get("/healthz", response_model=Health)
+    def healthz() -> dict:
+        return {"status": "ok", "model": pred.run_id, "sessions": len(sessions), "cpu_s": time.process_time()}
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html; charset=utf-8")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket, or a UserError naming the address (port taken, unknown host)."""
+    if not 0 <= port <= 65535:
+        raise UserError(f"--port {port}: must be 0..65535")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise UserError(f"--host {host}: cannot resolve ({e.strerror})") from None
+    family, kind, proto, _, addr = infos[0]
+    # proto must say TCP: asyncio sets TCP_NODELAY only on sockets that do, and without it every
+    # keep-alive response waits ~40 ms for the client's delayed ACK (Nagle)
+    sock = socket.socket(family, kind, proto or socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as e:
+        sock.close()
+        raise UserError(f"{host}:{port}: cannot listen ({e.strerror})") from None
+    sock.listen(2048)
+    return sock
+
+
+def serve(run_path: str | Path, host: str = "127.0.0.1", port: int = 8000, backend: str = "torch") -> None:
+    """`nextchar serve`: load the run, listen, and serve until Ctrl-C."""
+    import uvicorn
+
+    sock = bind(host, port)  # before loading, so a taken port fails fast
+    try:
+        app = create_app(run_path, backend=backend)
+    except BaseException:
+        sock.close()
+        raise
+    shown = sock.getsockname()
+    url_host = f"[{shown[0]}]" if ":" in shown[0] else shown[0]
+    # the exact line tests and benchmarks wait for (port 0 picks a free one, and this says which)
+    print(f"nextchar: serving {app.state.predictor.run_id} at http://{url_host}:{shown[1]}/ (API docs at /docs)",
+          flush=True)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_keep_alive=30,
+                            limit_concurrency=2048)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+@contextlib.contextmanager
+def server_process(run: str | Path, host: str = "127.0.0.1", port: int = 0, backend: str = "torch",
+                   threads: int = 1, timeout: float = 120.0) -> Iterator[str]:
+    """Run `nextchar serve` in a subprocess (port 0: a free one); yield its base URL; stop it on exit."""
+    cmd = [sys.executable, "-m", "nextchar", "serve", "--run", str(run), "--host", host, "--port", str(port),
+           "--backend", backend, "--threads", str(threads)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, encoding="utf-8",
+                            errors="replace")
+    lines: list[str] = []
+    found = threading.Event()
+
+    def pump() -> None:  # keep reading, so a chatty server never blocks on a full pipe
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("nextchar: serving"):
+                found.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not found.wait(0.05):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise UserError(f"server did not start ({' '.join(cmd)}):\n{''.join(lines[-20:])}")
+        m = re.search(r"(http://\S+/)", next(x for x in lines if x.startswith("nextchar: serving")))
+        assert m is not None
+        yield m.group(1)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

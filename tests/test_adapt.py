@@ -1,0 +1,126 @@
+"""Adaptation: cache counts, mixed distributions, repeated words, independent and bounded sessions, tuning."""
+
+import numpy as np
+import pytest
+import torch
+
+from nextchar.adapt import (
+    WEIGHTS,
+    AdaptiveSession,
+    SessionStore,
+    Weights,
+    cache_counts,
+    format_weights,
+    mix,
+    tune,
+)
+from nextchar.errors import UserError
+from nextchar.predict import Predictor
+
+torch.set_num_threads(1)
+
+# An unusual word made of characters the tiny corpus has: the model alone cannot know how it goes on.
+WORD = "vizqubel"
+
+
+@pytest.fixture(scope="module")
+def pred(tiny_run):
+    return Predictor.load(tiny_run)
+
+
+def test_cache_counts_follow_each_suffix_of_the_context():
+    # ids: START=1 a=2 b=3 c=4; text "abcab": the context "ab" was followed by c once, "b" by c once
+    ids = np.array([1, 2, 3, 4, 2, 3])
+    c = cache_counts(ids, 5, max_order=6)
+    assert c is not None and c.order == 2 and c.count == 1
+    assert c.counts[0].tolist() == [0, 0, 2, 2, 1]
+    assert c.counts[1].tolist() == [0, 0, 0, 0, 1] and c.counts[2].tolist() == [0, 0, 0, 0, 1]
+    p = c.probs(2.0)
+    assert p.sum() == pytest.approx(1.0) and p.argmax() == 4
+    assert cache_counts(np.array([1]), 5) is None  # nothing observed yet
+    assert cache_counts(np.array([1, 0, 0]), 5) is None  # only <unk> followed: never counted
+
+
+def test_distributions_sum_to_one_and_keep_every_character(pred):
+    s = AdaptiveSession(pred)
+    s.observe("Hello world, hello again. שלום עולם")
+    d = s.dist_batch(["", "Hello wor", "שלום עו", "\U0001D11E\U0001D11E", "x" * 300])
+    np.testing.assert_allclose(d.sum(axis=1), 1.0, rtol=1e-6)
+    assert (d[:, 1:] > 0).all()  # the uniform floor: every non-special character stays reachable
+    for prefix in ["", "Hello wor", "\U0001D11E"]:
+        chars = [c for c, _ in s.topk(prefix, 10)]
+        assert len(set(chars)) == 10 and "<unk>" not in chars and "\n" not in chars
+
+
+def test_cache_raises_a_repeated_unusual_word(pred):
+    prefix = f"I met {WORD} today. Later {WORD[:-2]}"
+    nxt = pred.vocab.stoi[WORD[-2]]
+    plain = pred.dist([prefix])[0, nxt]
+    fresh = AdaptiveSession(pred)
+    assert fresh.dist(prefix)[nxt] > max(2 * plain, 0.3)  # seen earlier in the same text
+    assert fresh.topk(prefix, 1)[0][0] == WORD[-2]
+    told = AdaptiveSession(pred)
+    told.observe(f"Say hi to {WORD}.")
+    short = f"Later {WORD[:-2]}"
+    assert told.dist(short)[nxt] > max(2 * pred.dist([short])[0, nxt], 0.3)  # seen in an earlier message
+    assert AdaptiveSession(pred).dist(short)[nxt] < told.dist(short)[nxt]
+
+
+def test_sessions_are_independent(pred):
+    store = SessionStore(pred, max_sessions=4)
+    a, b = store.get("alice"), store.get("bob")
+    a.observe(f"{WORD} {WORD} {WORD}")
+    b.observe("the quick brown fox")
+    prefix = WORD[:4]
+    assert not np.allclose(a.dist(prefix), b.dist(prefix))
+    assert store.get("alice") is a and store.get("bob") is b
+    assert b.history_chars == len("the quick brown fox") + 1  # + the START that separates pieces
+
+
+def test_no_cache_and_model_rows_given(pred):
+    # before anything is typed the cache is empty: the model plus the floor, exactly
+    s = AdaptiveSession(pred)
+    m = pred.dist([""])[0]
+    np.testing.assert_allclose(s.dist(""), mix(m, None, WEIGHTS), rtol=1e-12)
+    np.testing.assert_allclose(s.dist("", model_probs=m), s.dist(""), rtol=1e-12)
+
+
+def test_session_store_evicts_least_recently_used(pred):
+    store = SessionStore(pred, max_sessions=2)
+    store.get("a"), store.get("b"), store.get("a"), store.get("c")
+    assert len(store) == 2 and "a" in store and "c" in store and "b" not in store
+    assert store.forget("a") and not store.forget("a") and len(store) == 1
+    for bad in ["", "x" * 65, "a b", "ä", "../x"]:
+        with pytest.raises(UserError, match="session"):
+            store.get(bad)
+
+
+def test_text_per_session_is_bounded(pred):
+    s = AdaptiveSession(pred, max_text=50)
+    for _ in range(10):
+        s.observe("abcdefghij" * 7)
+    assert s.history_chars == 50
+    assert s.cache_ids("z" * 500).size == 51  # history + START + prefix, newest kept
+    assert s.cache_ids("").size == 51 and s.cache_ids("")[-1] == pred.vocab.stoi["\n"]
+    s.forget()
+    assert s.history_chars == 0
+
+
+def test_weights_are_checked():
+    with pytest.raises(UserError, match="uniform"):
+        Weights(WEIGHTS.cache, uniform=0.0)
+    with pytest.raises(UserError, match="cache"):
+        Weights(((0.5, 0.5),))
+    with pytest.raises(UserError, match="cache"):
+        Weights(((0.99, 0.0, 0.0),), uniform=0.02)
+    assert WEIGHTS.max_order == len(WEIGHTS.cache) - 1
+
+
+def test_tune_finds_weights_no_worse_than_none(pred, tiny_data_dir):
+    w, summary = tune(pred, tiny_data_dir, chars=150, escapes=(1.0,), uniforms=(1e-3,), max_order=3,
+                      min_positions=20)
+    assert w.max_order == 3 and w.escape == 1.0 and w.uniform == 1e-3
+    assert 0 < summary["positions"] <= 9 * 150 and summary["languages"] == 9
+    # λc = 0 is on the grid, so the cache can only help (the tiny corpus repeats itself a lot)
+    assert summary["bpc_adapted"] < summary["bpc_plain"]
+    assert "CACHE_WEIGHTS = (" in format_weights(w)

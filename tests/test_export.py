@@ -1,0 +1,153 @@
+"""ONNX export: a self-contained folder, parity with PyTorch (batch and typing), int8, errors, the CLI."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from nextchar.cli import app
+from nextchar.config import load
+from nextchar.data import open_data
+from nextchar.errors import UserError
+from nextchar.export import OnnxPredictor, cache_names, dev_prefixes, export, format_summary, write_graphs
+from nextchar.model import CharTransformer
+from nextchar.predict import Predictor, window_ids
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "tiny-onnx"
+    res = export(tiny_run, out, int8=True, positions=20, parity_prefixes=200)
+    return out, res
+
+
+@pytest.fixture(scope="module")
+def torch_pred(tiny_run):
+    return Predictor.load(tiny_run)
+
+
+def test_folder_is_self_contained_and_detected(exported, tmp_path):
+    out, _ = exported
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(["config.json", "vocab.json", *(f"{g}{q}.onnx" for g in ("model", "step", "key")
+                                                          for q in ("", ".int8"))])
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["export"]["format"] == "onnx" and cfg["model"]["n_layers"] == 2 and cfg["source"]["run"]
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(out, moved)
+    pred = Predictor.load(moved)  # no backend named: an export folder is recognized
+    assert isinstance(pred, OnnxPredictor) and not pred.int8 and pred.incremental
+    assert isinstance(Predictor.load(moved, backend="onnx-int8"), OnnxPredictor)
+    assert len(pred.topk("Hello wor", 3)) == 3
+
+
+def test_fp32_top3_equals_pytorch_on_1000_dev_prefixes(exported, torch_pred, tiny_data_dir):
+    out, _ = exported
+    onnx = Predictor.load(out, backend="onnx")
+    prefixes = dev_prefixes(open_data(tiny_data_dir), 1000)
+    assert len(set(prefixes)) > 900 and max(map(len, prefixes)) > onnx.context
+    want, got = torch_pred.topk_batch(prefixes, 3), onnx.topk_batch(prefixes, 3)
+    assert [[c for c, _ in r] for r in got] == [[c for c, _ in r] for r in want]
+    np.testing.assert_allclose([[p for _, p in r] for r in got], [[p for _, p in r] for r in want], atol=1e-5)
+    np.testing.assert_allclose(onnx.dist(prefixes[:50]), torch_pred.dist(prefixes[:50]), atol=1e-5)
+
+
+def test_onnx_typing_session_matches_pytorch_and_its_window(exported, torch_pred):
+    out, _ = exported
+    onnx = Predictor.load(out)
+    text = "Привет, мир! The quick brown fox jumps over the lazy dog. שלום עולם " * 2
+    a, b = torch_pred.session(), onnx.session()
+    prefix = ""
+    for i, ch in enumerate(text):
+        prefix = prefix[:-1] if i % 13 == 12 else prefix + ch
+        lp = b.logprobs(prefix)
+        np.testing.assert_allclose(lp, a.logprobs(prefix), atol=1e-4)
+        win = window_ids(onnx.vocab, prefix, onnx.context, b.stride)
+        np.testing.assert_allclose(lp, onnx.logprobs([win])[0], atol=1e-4)
+    assert b.recomputes < len(text) // 4
+
+
+def test_int8_change_is_measured_and_printed(exported):
+    _, res = exported
+    acc = res["int8"]["accuracy"]
+    assert "skipped" not in acc and set(acc["micro_top3"]) == {"fp32", "int8", "delta"}
+    assert res["int8"]["parity"]["n"] == 200 and res["parity"]["max_abs_dp"] < 1e-4
+    text = format_summary(res)
+    assert "int8 dev micro top3" in text and "parity fp32 vs PyTorch on 200 prefixes" in text
+
+
+def test_int8_measurement_skipped_without_the_data(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["data"] = str(tmp_path / "gone")
+    (run / "config.json").write_text(json.dumps(cfg))
+    res = export(run, tmp_path / "out", int8=True, parity_prefixes=20)
+    assert "not found" in res["int8"]["accuracy"]["skipped"]
+    assert "int8 accuracy change not measured" in format_summary(res)
+    res = export(run, tmp_path / "out", parity_prefixes=20)  # an earlier export is replaced
+    assert "int8" not in res and not (tmp_path / "out" / "model.int8.onnx").exists()
+
+
+@pytest.mark.parametrize("preset,pos", [("seed-2l", "learned"), ("modern-2l", "rope"), ("modern-2l", "learned")])
+def test_graphs_match_the_model_for_every_variant(preset, pos, tmp_path):
+    """Both graphs follow any batch, sequence and past length, not only the ones they were traced with."""
+    import onnxruntime as ort
+
+    cfg = load(preset).model
+    cfg.vocab_size, cfg.n_layers, cfg.d_model, cfg.d_ff, cfg.context, cfg.pos = 40, 2, 32, 64, 24, pos
+    torch.manual_seed(0)
+    model = CharTransformer(cfg).eval()
+    write_graphs(model, tmp_path)
+    full = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    step = ort.InferenceSession(str(tmp_path / "step.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.randint(0, 40, (3, 24))
+    with torch.no_grad():
+        want = torch.log_softmax(model(x)[0], dim=-1)  # (3, 24, 40)
+    rows, cols = np.array([0, 2, 2, 1]), np.array([23, 0, 11, 5])
+    got = full.run(None, {"ids": x.numpy(), "rows": rows, "cols": cols})[0]
+    np.testing.assert_allclose(got, want[rows, cols].numpy(), atol=1e-5)
+    key = ort.InferenceSession(str(tmp_path / "key.onnx"), providers=["CPUExecutionProvider"])
+    names = cache_names(2, "past")
+    for graph, steps in ((step, (1, 5, 1, 1, 9, 7)), (key, (1,) * 24), (step, (24,))):
+        past, at = [np.zeros((1, cfg.n_heads, 0, 32 // cfg.n_heads), np.float32)] * 4, 0
+        for t in steps:
+            lp, *past = graph.run(None, {"ids": x[:1, at:at + t].numpy(), **dict(zip(names, past))})
+            at += t
+            np.testing.assert_allclose(lp[0], want[0, at - 1].numpy(), atol=1e-5)
+
+
+def test_errors_are_one_line_user_errors(exported, tiny_run, tmp_path):
+    out, _ = exported
+    with pytest.raises(UserError, match="unknown export format"):
+        export(tiny_run, tmp_path / "x", fmt="tflite")
+    with pytest.raises(UserError, match="not found"):
+        export(tmp_path / "missing", tmp_path / "x")
+    with pytest.raises(UserError, match="is an export folder"):
+        export(out, tmp_path / "x")
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("keep me")
+    with pytest.raises(UserError, match="refusing to overwrite"):
+        export(tiny_run, tmp_path / "busy")
+    assert (tmp_path / "busy" / "notes.txt").read_text() == "keep me"
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.json").write_text(json.dumps({"export": {"format": "onnx", "files": {}}}))
+    with pytest.raises(UserError, match="not an ONNX export"):
+        Predictor.load(tmp_path / "half")
+    with pytest.raises(UserError, match="on the CPU"):
+        Predictor.load(out, device="cuda")
+    assert not (tmp_path / "x").exists() and not (tmp_path / ".x.tmp").exists()
+
+
+def test_cli_export(tiny_run, tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(app, ["export", "--run", str(tiny_run), "--out", str(tmp_path / "o"), "--format", "tflite"])
+    assert res.exit_code == 2 and res.output.strip().count("\n") == 0 and "unknown export format" in res.output
+    res = runner.invoke(app, ["export", "--run", str(tiny_run), "--out", str(tmp_path / "o"), "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    assert "parity fp32 vs PyTorch" in res.output and (tmp_path / "o" / "model.onnx").exists()
