@@ -9,9 +9,11 @@ RUN ?= runs/quickstart
 QUICK_MINUTES ?= 10
 QUICK_PRESET ?= quick
 
-.PHONY: setup quickstart test bench clean
+.PHONY: setup browser quickstart test clean
 
 setup: $(VENV)/.installed
+
+browser:
 	@# tests/test_browser.py drives Debian's chromium (Playwright never downloads a browser): install it as
 	@# root with apt when missing, refreshing stale package lists only if the first try fails; else it skips.
 	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -31,7 +33,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 quickstart: setup
 	$(PY) -m nextchar quickstart --data $(DATA) --run $(RUN) --preset $(QUICK_PRESET) --minutes $(QUICK_MINUTES)
 
-test: setup
+test: setup browser
 	$(PY) -m pytest -q
 
 clean:
