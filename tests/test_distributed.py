@@ -80,6 +80,7 @@ def test_two_ranks_match_one_process(single, tiny_data_dir, tmp_path):
     assert len(state["rng"]) == 2 and state["n_layers"] == 2 and state["sampler"]["rows"] == STEPS * 8
 
 
+@pytest.mark.slow  # a second torchrun launch: ~10 s of process start-up on 2 cores
 def test_resume_on_two_ranks_continues_a_one_process_run(single, tiny_data_dir, tmp_path):
     """Ctrl-C a one-process run after step 3 (before growth), resume it under torchrun: same run as straight."""
     out = tmp_path / "resumed"

@@ -12,7 +12,17 @@ from nextchar import checkpoint
 from nextchar.cli import app
 from nextchar.data import BatchSampler
 from nextchar.errors import UserError
-from nextchar.study import COLUMNS, Row, anomalies, load_grid, pareto, run_study, spearman, write_report
+from nextchar.study import (
+    COLUMNS,
+    Row,
+    anomalies,
+    identical,
+    load_grid,
+    pareto,
+    run_study,
+    spearman,
+    write_report,
+)
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -252,3 +262,6 @@ def test_pareto_anomalies_and_rank_correlation():
     assert anomalies([b, fake("w", 300, 0.50, 30, d=256)]) == []  # another width
     assert spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
     assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    a.langs = b.langs = {"en": {"top1": 0.1, "top3": 0.3, "n": 5}}
+    c.langs = {"en": {"top1": 0.1, "top3": 0.4, "n": 5}}
+    assert identical([a, b, c, d]) == [[a, b]]  # d has no per-language results: never grouped

@@ -6,6 +6,7 @@ import json
 import os
 import tempfile
 import unicodedata
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -164,6 +165,11 @@ def _mix64(z: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
 def case_maps(vocab: Vocab) -> tuple[np.ndarray, np.ndarray]:
     """id -> id maps (V,) for typing as people do: lower case, and accents dropped (NFD minus combining marks).
 
@@ -213,7 +219,13 @@ class BatchSampler:
         self._probs = weights / weights.sum()
         self._cdf = np.cumsum(self._probs)
         self.lang_probs: dict[str, float] = {lang: float(p) for lang, p in zip(self.langs, self._probs)}
-        self._arrays = [ds.split(lang, split) for lang in self.langs]
+        # Windows are read with pread where there is one: through the memmap, each page fault maps a whole
+        # page-cache folio (megabytes), and a few hundred windows put much of a large corpus in resident memory.
+        self._fds = [os.open(ds.bin_path(lang, split), os.O_RDONLY) for lang in self.langs] \
+            if hasattr(os, "pread") else []
+        weakref.finalize(self, _close_all, self._fds)
+        self._arrays = [] if self._fds else [ds.split(lang, split) for lang in self.langs]
+        self._dtype = ds.dtype.newbyteorder("<")
         self._highs = sizes.astype(np.int64) - context  # offsets are in [0, n - context)
         self._window = np.arange(context + 1)
         self.augment = (augment_lower, augment_strip_accents)
@@ -237,7 +249,13 @@ class BatchSampler:
         out = np.empty((self.batch_size, self.context + 1), dtype=np.int64)  # (b, T+1)
         for k in np.unique(which):
             sel = np.flatnonzero(which == k)
-            out[sel] = self._arrays[k][offsets[sel, None] + self._window]
+            if self._fds:
+                size = self._dtype.itemsize
+                for r in sel:
+                    buf = os.pread(self._fds[k], (self.context + 1) * size, int(offsets[r]) * size)
+                    out[r] = np.frombuffer(buf, dtype=self._dtype)
+            else:
+                out[sel] = self._arrays[k][offsets[sel, None] + self._window]
         if self._maps is not None:
             for draw, (p, table) in enumerate(zip(self.augment, self._maps), start=2):
                 hit = np.flatnonzero(self._uniform(rows, draw) < p)

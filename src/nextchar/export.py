@@ -187,7 +187,8 @@ def parity(ref: Predictor, other: Predictor, prefixes: list[str], k: int = 3) ->
     ok, chars = ref.suggestible(), ref.vocab.chars
     ta, tb = rank(a, ok, chars, k), rank(b, ok, chars, k)
     same = sum([c for c, _ in x] == [c for c, _ in y] for x, y in zip(ta, tb))
-    return {"n": len(prefixes), "topk_equal": same / max(1, len(prefixes)), "max_abs_dp": float(np.abs(a - b).max())}
+    worst = float(np.abs(a - b).max()) if len(prefixes) else 0.0
+    return {"n": len(prefixes), "topk_equal": same / max(1, len(prefixes)), "max_abs_dp": worst}
 
 
 def typing_parity(ref: Predictor, other: Predictor, text: str) -> float:
@@ -279,6 +280,7 @@ def export(run: str | Path, out: str | Path, fmt: str = "onnx", int8: bool = Fal
         meta = {
             "export": {"format": fmt, "version": EXPORT_VERSION, "opset": OPSET, "files": files},
             "model_type": "transformer",
+            "data": cfg.get("data"),  # where `nextchar eval --run EXPORT` finds the data by default
             "model": cfg["model"],
             "vocab_hash": vocab.hash,
             "source": {"run": str(run.resolve()), "checkpoint": ck.name, "step": state.get("step"),

@@ -245,7 +245,8 @@ class Predictor:
         raise NotImplementedError
 
     def _truncate(self, state, n: int):
-        """The cache of its first n ids (attention is causal, so they do not depend on what follows)."""
+        """The cache of its first n ids (attention is causal, so they do not depend on what follows); a new
+        object, or `state` itself when `_feed` never changes its argument."""
         raise NotImplementedError
 
 
@@ -294,16 +295,14 @@ class Session:
         keep = 0
         if self._state is not None and a == self._anchor:
             keep = min(self._common(prefix, a) + 1 - a, n - a - 1)  # at least one id is fed, for its logits
-        if keep <= 0:
-            self._state, keep = pred._start(), 0
-            self.recomputes += 1
-        else:
-            self._state = pred._truncate(self._state, keep)
-        j = a + keep  # first id to feed, counted in START + prefix
+        # A new cache or a truncated copy: if feeding fails, the session still holds its last consistent state.
+        state = pred._truncate(self._state, keep) if keep > 0 else pred._start()
+        j = a + max(keep, 0)  # first id to feed, counted in START + prefix
         new = pred.vocab.encode(START + prefix if j == 0 else prefix[j - 1:])
-        self._state, lp = pred._feed(self._state, new)
+        state, lp = pred._feed(state, new)
+        self.recomputes += int(keep <= 0)
         self.fed += len(new)
-        self._text, self._anchor, self._last = prefix, a, lp
+        self._state, self._text, self._anchor, self._last = state, prefix, a, lp
         return lp.copy()
 
     def _common(self, prefix: str, a: int) -> int:
