@@ -279,6 +279,23 @@ def export(
     typer.echo(format_summary(run_export(run, out, fmt=format, int8=int8, positions=eval_positions)))
 
 
+@app.command()
+@friendly
+def mix(
+    transformer: Annotated[Path, typer.Option(help="Transformer run directory.")],
+    ngram: Annotated[Path, typer.Option(help="n-gram run directory (nextchar train --model ngram).")],
+    out: Annotated[Path, typer.Option(help="Mixture run directory to write.")],
+    data: Annotated[Optional[Path], typer.Option(help="Data directory for tuning (default: the Transformer's).")] = None,
+    positions: Annotated[int, typer.Option(help="Dev positions per language for tuning the weight.")] = 500,
+    threads: Threads = 0,
+):
+    """Interpolate a Transformer with the n-gram (weight tuned on dev) into a run usable by eval/predict/serve."""
+    from nextchar.mixture import make_mixture
+
+    threads_option(threads)
+    make_mixture(transformer, ngram, out, data, positions)
+
+
 def main() -> None:
     app(prog_name="nextchar")
 

@@ -157,6 +157,10 @@ class Predictor:
             from nextchar.ngram import NGramModel
 
             return NGramPredictor(NGramModel.load(path / "model.npz"), vocab, path.name)
+        if cfg.get("model_type") == "mixture":
+            from nextchar.mixture import load_mixture
+
+            return load_mixture(path, cfg)
         return TorchPredictor.from_run(path, cfg, vocab, device, tag)
 
     def session(self, stride: int | None = None) -> Session:
