@@ -296,6 +296,19 @@ def mix(
     make_mixture(transformer, ngram, out, data, positions)
 
 
+@app.command()
+@friendly
+def package(
+    run: Annotated[Path, typer.Option(help="Trained run directory (with eval_test.json).")],
+    out: Annotated[Path, typer.Option(help="Folder to write: best weights, config, vocabulary, MODEL_CARD.md.")],
+    command: Annotated[str, typer.Option(help="The training command, recorded in the model card.")] = "",
+):
+    """Package a run's best weights with a model card (how the shipped default model is made)."""
+    from nextchar.models import package_model
+
+    typer.echo(f"wrote {package_model(run, out, command)}")
+
+
 def main() -> None:
     app(prog_name="nextchar")
 
