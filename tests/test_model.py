@@ -118,7 +118,7 @@ def test_gradient_checkpointing_gives_equal_gradients():
 def test_modern_ties_embeddings_and_drops_biases():
     # embedding 78x128 (shared with the output) + per layer qkv/proj 4*128^2, MLP 2*128*512, 2 norms; final norm
     assert build("modern-2l", pos="rope").num_params() == 78 * 128 + 2 * (4 * 128**2 + 2 * 128 * 512 + 2 * 128) + 128
-    assert build("modern-2l").num_params() == build("modern-2l", pos="rope").num_params() + 128 * 128
+    assert build("modern-2l", pos="learned").num_params() == build("modern-2l", pos="rope").num_params() + 128 * 128
 
 
 def test_config_rejects_all_problems_at_once():
