@@ -53,7 +53,7 @@ def browser():
 def page(browser, url):
     ctx = browser.new_context()
     pg = ctx.new_page()
-    pg.set_default_timeout(15_000)
+    pg.set_default_timeout(60_000)  # generous: a loaded 2-core machine can be slow, never wrong
     pg.goto(url)
     pg.wait_for_function(READY, arg="")  # the page asks for the empty prefix on load
     yield pg
