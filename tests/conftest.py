@@ -120,3 +120,27 @@ def tiny_run(tiny_data_dir, tmp_path_factory):
     run = tmp_path_factory.mktemp("tiny_run") / "run"
     train(tiny_data_dir, run, cfg, progress=False)
     return run
+
+
+@pytest.fixture
+def fail_at_batch(monkeypatch):
+    """Arm the training sampler to raise `exc` on its n-th batch (Ctrl-C or a crash mid-run), once.
+
+    Later calls go through, so the same test can resume training afterwards.
+    """
+    from nextchar.data import BatchSampler
+
+    orig = BatchSampler.next_batch
+
+    def arm(n: int, exc: BaseException | type[BaseException] = KeyboardInterrupt) -> None:
+        calls = {"n": 0}
+
+        def next_batch(self):
+            calls["n"] += 1
+            if calls["n"] == n:
+                raise exc
+            return orig(self)
+
+        monkeypatch.setattr(BatchSampler, "next_batch", next_batch)
+
+    return arm

@@ -10,7 +10,6 @@ import torch
 
 from nextchar import checkpoint
 from nextchar.config import load
-from nextchar.data import BatchSampler
 from nextchar.train import train
 
 torch.set_num_threads(1)
@@ -81,24 +80,12 @@ def test_two_ranks_match_one_process(single, tiny_data_dir, tmp_path):
 
 
 @pytest.mark.slow  # a second torchrun launch: ~10 s of process start-up on 2 cores
-def test_resume_on_two_ranks_continues_a_one_process_run(single, tiny_data_dir, tmp_path):
+def test_resume_on_two_ranks_continues_a_one_process_run(single, tiny_data_dir, tmp_path, fail_at_batch):
     """Ctrl-C a one-process run after step 3 (before growth), resume it under torchrun: same run as straight."""
     out = tmp_path / "resumed"
-    calls = {"n": 0}
-    orig = BatchSampler.next_batch
-
-    def interrupt(self):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return orig(self)
-
-    BatchSampler.next_batch = interrupt
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            train(tiny_data_dir, out, tiny(), progress=False)
-    finally:
-        BatchSampler.next_batch = orig
+    fail_at_batch(4)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_data_dir, out, tiny(), progress=False)
     assert checkpoint.read_json(checkpoint.find(out, "latest") / "state.json")["n_layers"] == 1
     log = torchrun(tiny_data_dir, out, "--resume")
     assert "resuming" in log and "growing from 1 to 2 layers" in log

@@ -7,7 +7,6 @@ import torch
 
 from nextchar import checkpoint
 from nextchar.config import load
-from nextchar.data import BatchSampler
 from nextchar.errors import UserError
 from nextchar.model import CharTransformer
 from nextchar.predict import Predictor
@@ -99,22 +98,10 @@ def tiny(**over):
     return cfg
 
 
-def interrupted(data, run, at_call):
-    calls = {"n": 0}
-    orig = BatchSampler.next_batch
-
-    def interrupt(self):
-        calls["n"] += 1
-        if calls["n"] == at_call:
-            raise KeyboardInterrupt
-        return orig(self)
-
-    BatchSampler.next_batch = interrupt
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            train(data, run, tiny(), progress=False)
-    finally:
-        BatchSampler.next_batch = orig
+def interrupted(data, run, at_call, fail_at_batch):
+    fail_at_batch(at_call)
+    with pytest.raises(KeyboardInterrupt):
+        train(data, run, tiny(), progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -125,9 +112,9 @@ def straight(tiny_data_dir, tmp_path_factory):
 
 
 @pytest.mark.parametrize("stop", [3, 6])  # before and after growth at step 4
-def test_resume_across_growth_is_exact(straight, tiny_data_dir, tmp_path, stop):
+def test_resume_across_growth_is_exact(straight, tiny_data_dir, tmp_path, stop, fail_at_batch):
     run = tmp_path / "r"
-    interrupted(tiny_data_dir, run, stop + 1)
+    interrupted(tiny_data_dir, run, stop + 1, fail_at_batch)
     state = checkpoint.read_json(checkpoint.find(run, "latest") / "state.json")
     assert state["step"] == stop and state["n_layers"] == (1 if stop < 4 else 2)
     train(tiny_data_dir, run, tiny(), resume=True, progress=False)
@@ -140,10 +127,10 @@ def test_resume_across_growth_is_exact(straight, tiny_data_dir, tmp_path, stop):
     assert grows == [{"step": 4, "tokens": 4 * 8 * 32, "grow": [1, 2]}]
 
 
-def test_checkpoint_before_growth_loads_at_full_depth(tiny_data_dir, tmp_path):
+def test_checkpoint_before_growth_loads_at_full_depth(tiny_data_dir, tmp_path, fail_at_batch):
     """Checkpoints always hold the configured depth (inert blocks padded in), so predict/eval can use them."""
     run = tmp_path / "r"
-    interrupted(tiny_data_dir, run, 3)
+    interrupted(tiny_data_dir, run, 3, fail_at_batch)
     weights = checkpoint.load(checkpoint.find(run, "latest"), with_optimizer=False)[0]
     cfg = tiny().model
     cfg.vocab_size, cfg.n_layers = int(weights["tok.weight"].shape[0]), 1

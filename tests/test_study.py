@@ -10,7 +10,6 @@ from typer.testing import CliRunner
 
 from nextchar import checkpoint
 from nextchar.cli import app
-from nextchar.data import BatchSampler
 from nextchar.errors import UserError
 from nextchar.study import (
     COLUMNS,
@@ -144,25 +143,15 @@ def test_rerun_trains_nothing_and_report_is_identical(study, tiny_data_dir, monk
     assert (out / "report.md").read_bytes() == before[0]
 
 
-def test_interrupted_point_resumes_from_its_checkpoint(tiny_data_dir, tmp_path, monkeypatch, capsys):
+def test_interrupted_point_resumes_from_its_checkpoint(tiny_data_dir, tmp_path, fail_at_batch, capsys):
     grid = write(tmp_path / "grid.toml", TINY_GRID)
     out = tmp_path / "st"
-    calls = {"n": 0}
-    orig = BatchSampler.next_batch
-
-    def interrupt(self):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt  # Ctrl-C during step 3 of the first point
-        return orig(self)
-
-    monkeypatch.setattr(BatchSampler, "next_batch", interrupt)
+    fail_at_batch(3)  # Ctrl-C during step 3 of the first point
     with pytest.raises(KeyboardInterrupt):
         run_study(grid, tiny_data_dir, out, ngram=False, **{**ARGS, "progress": True})
     assert "run the same command again to resume" in capsys.readouterr().out
     assert checkpoint.find(out / "modern-tiny-two", "latest").name == "step-0000002"
     assert not (out / "modern-tiny-two/result.json").exists()
-    monkeypatch.setattr(BatchSampler, "next_batch", orig)
     run_study(grid, tiny_data_dir, out, ngram=False, **{**ARGS, "progress": True})
     assert "resuming" in capsys.readouterr().out
     for d in ("modern-tiny-two", "modern-tiny-one"):

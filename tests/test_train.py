@@ -7,7 +7,6 @@ import torch
 
 from nextchar import checkpoint
 from nextchar.config import load
-from nextchar.data import BatchSampler
 from nextchar.errors import UserError
 from nextchar.model import CharTransformer
 from nextchar.train import flops_per_token, lr_at, peak_flops, train
@@ -47,7 +46,7 @@ def test_loss_falls_and_run_dir_describes_itself(tiny_data_dir, tmp_path):
     assert checkpoint.find(run, "best") is not None
 
 
-def test_resume_is_exact(tiny_data_dir, tmp_path):
+def test_resume_is_exact(tiny_data_dir, tmp_path, fail_at_batch):
     """10 steps straight == 5 steps, save, resume, 5 more steps (dropout on, so RNG state matters too)."""
     cfg = tiny(max_steps=10, eval_every=5)
     cfg.model.dropout = 0.1
@@ -55,21 +54,9 @@ def test_resume_is_exact(tiny_data_dir, tmp_path):
     half = tiny(max_steps=10, eval_every=5)
     half.model.dropout = 0.1
     # Stop after step 5 the way a user would: Ctrl-C during step 6 saves the state at the step-5 boundary.
-    calls = {"n": 0}
-    orig = BatchSampler.next_batch
-
-    def interrupt(self):
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise KeyboardInterrupt
-        return orig(self)
-
-    BatchSampler.next_batch = interrupt
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            train(tiny_data_dir, tmp_path / "resumed", half, progress=False)
-    finally:
-        BatchSampler.next_batch = orig
+    fail_at_batch(6)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_data_dir, tmp_path / "resumed", half, progress=False)
     assert json.loads((tmp_path / "resumed/checkpoints/latest.json").read_text())["step"] == 5
     train(tiny_data_dir, tmp_path / "resumed", half, resume=True, progress=False)
     a, b = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
@@ -166,26 +153,14 @@ def test_compile_defaults_on_for_cuda_only(tiny_data_dir, tmp_path, monkeypatch)
     assert len(calls) == 1
 
 
-def test_crash_resumes_from_the_last_evaluation(tiny_data_dir, tmp_path):
+def test_crash_resumes_from_the_last_evaluation(tiny_data_dir, tmp_path, fail_at_batch):
     """A crash saves nothing (as a killed DDP rank): --resume continues from the step-5 evaluation's checkpoint."""
     cfg = tiny(max_steps=10, eval_every=5)
     cfg.model.dropout = 0.1
     train(tiny_data_dir, tmp_path / "straight", cfg, progress=False)
-    calls = {"n": 0}
-    orig = BatchSampler.next_batch
-
-    def crash(self):
-        calls["n"] += 1
-        if calls["n"] == 8:
-            raise RuntimeError("node lost")
-        return orig(self)
-
-    BatchSampler.next_batch = crash
-    try:
-        with pytest.raises(RuntimeError):
-            train(tiny_data_dir, tmp_path / "crashed", cfg, progress=False)
-    finally:
-        BatchSampler.next_batch = orig
+    fail_at_batch(8, RuntimeError("node lost"))
+    with pytest.raises(RuntimeError):
+        train(tiny_data_dir, tmp_path / "crashed", cfg, progress=False)
     assert json.loads((tmp_path / "crashed/checkpoints/latest.json").read_text())["step"] == 5
     train(tiny_data_dir, tmp_path / "crashed", cfg, resume=True, progress=False)
     a, b = weights(tmp_path / "straight"), weights(tmp_path / "crashed")

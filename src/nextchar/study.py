@@ -14,7 +14,7 @@ import shlex
 import statistics
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -264,10 +264,22 @@ def _fmt_eta(s: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def _comparable(cfg: dict) -> dict:
-    """A point's config without what may change between sessions of one study (threads, device)."""
-    train = {k: v for k, v in cfg["train"].items() if k not in ("threads", "device", "compile")}
-    return {"model": cfg["model"], "train": train}
+def config_diff(old: dict, new: dict) -> list[str]:
+    """'section.key: old -> new' for each setting that changes what a point trains.
+
+    Left out: threads, device and compile (how, not what), and model.pos for the seed variant, which always
+    uses sinusoidal positions (so a change of the modern default does not disturb seed points).
+    """
+    skip = {("train", "threads"), ("train", "device"), ("train", "compile")}
+    if old.get("model", {}).get("variant") == "seed" == new.get("model", {}).get("variant"):
+        skip.add(("model", "pos"))
+    out = []
+    for section in ("model", "train"):
+        a, b = old.get(section, {}), new.get(section, {})
+        for key in sorted(set(a) | set(b)):
+            if (section, key) not in skip and a.get(key, "(unset)") != b.get(key, "(unset)"):
+                out.append(f"{section}.{key}: {a.get(key, '(unset)')!r} -> {b.get(key, '(unset)')!r}")
+    return out
 
 
 def _command(grids: list[Path], data: Path, out: Path, budget: dict, eval_positions: int, dev_evals: int,
@@ -335,6 +347,8 @@ def run_study(grid: str | Path | list[str | Path], data: str | Path, out: str | 
         raise UserError(f"{data}: vocabulary {ds.vocab.hash} differs from the study's ({st['vocab_hash']})")
     known = {p["dir"]: p for p in st["points"]} if st else {}
     params: dict[str, int] = {}
+    kept: set[str] = set()
+    notes: list[str] = []
     for p in points:
         cfg = p.cfg
         cfg.model.vocab_size = ds.vocab.size
@@ -350,13 +364,21 @@ def run_study(grid: str | Path | list[str | Path], data: str | Path, out: str | 
         if hasattr(cfg.train, "final_eval_positions") and "final_eval_positions" not in p.overrides["train"]:
             cfg.train.final_eval_positions = cfg.train.eval_positions  # the study's numbers come from test
         old = known.get(p.dir)
-        if old is not None and _comparable(old["config"]) != _comparable(cfg.to_dict()):
-            raise UserError(f"{st_path}: configuration {p.name!r} ({p.dir}) was run with another config; "
-                            f"rename it or use another --out")
         run_cfg = out / p.dir / "config.json"
-        if run_cfg.exists() and checkpoint.read_json(run_cfg, "run config").get("model") != asdict(cfg.model):
-            raise UserError(f"{run_cfg}: holds another model config than {p.grid} gives {p.name!r}")
-        params[p.dir] = CharTransformer(cfg.model).num_params()
+        ran = checkpoint.read_json(run_cfg, "run config") if run_cfg.exists() else None
+        diff = (config_diff(old["config"], cfg.to_dict()) if old is not None else
+                config_diff({"model": ran["model"], "train": ran["train"]}, cfg.to_dict()) if ran is not None else [])
+        if diff and _finished(out / p.dir):
+            # a finished point is a fact: keep it (and its recorded config) rather than refuse the whole study
+            kept.add(p.dir)
+            if old is None:  # a finished run directory the study has not recorded yet: record what it ran
+                p.cfg = RunConfig.from_dict({"model": ran["model"], "train": ran["train"]})
+            notes.append(f"note: {p.name!r} ({p.dir}) is kept as it was run; the grid now gives {'; '.join(diff)}")
+        elif diff:
+            raise UserError(f"{old and st_path or run_cfg}: configuration {p.name!r} ({p.dir}) was started with "
+                            f"another config ({'; '.join(diff)}); pin the old values with set/--set, or use "
+                            f"another --out")
+        params[p.dir] = CharTransformer(p.cfg.model).num_params()
 
     # -- describe the study (points of earlier grids are kept: the report covers them all) ----------
     today = datetime.now(timezone.utc).strftime("%Y-%m-%d")
@@ -373,6 +395,8 @@ def run_study(grid: str | Path | list[str | Path], data: str | Path, out: str | 
         if meta["path"] not in [g["path"] for g in st["grids"]]:
             st["grids"].append(meta)
     for p in points:
+        if p.dir in kept and p.dir in known:
+            continue  # keeps the config it was run with
         rec = {"name": p.name, "dir": p.dir, "grid": p.grid, "preset": p.preset, "set": p.overrides,
                "founding": p.founding, "config": p.cfg.to_dict(), "params": params[p.dir]}
         known[p.dir] = rec
@@ -389,6 +413,9 @@ def run_study(grid: str | Path | list[str | Path], data: str | Path, out: str | 
     def say(msg: str) -> None:
         if progress:
             print(f"[study] {msg}", flush=True)
+
+    for note in notes:
+        say(note)
 
     def finish(run: Path, name: str, t0: float) -> None:
         if not (run / "eval_test.json").exists():
@@ -613,6 +640,28 @@ def anomalies(rows: list[Row]) -> list[tuple[Row, Row]]:
     return sorted(out, key=lambda ab: (ab[0].variant, -ab[0].params, ab[0].name))
 
 
+def label(r: Row) -> str:
+    return r.name if r.is_ngram else f"{r.name} ({r.variant})"
+
+
+def timing_spread(rows: list[Row]) -> tuple[list[Row], float, float | None] | None:
+    """The same-compute group (shape without dropout) whose training times differ most, if by over 25%."""
+    groups: dict[tuple, list[Row]] = {}
+    for r in rows:
+        m = r.model
+        groups.setdefault((r.variant, m["d_model"], m["n_layers"], m["n_heads"], m["d_ff"], r.tokens), []).append(r)
+    worst = None
+    for g in groups.values():
+        times = [r.train_seconds for r in g]
+        if len(g) > 1 and min(times) > 0:
+            ratio = max(times) / min(times)
+            if ratio > 1.25 and (worst is None or ratio > worst[1]):
+                lats = [r.latency_ms for r in g if r.latency_ms]
+                lr = max(lats) / min(lats) if len(lats) > 1 and max(lats) / min(lats) > 1.25 else None
+                worst = (sorted(g, key=lambda r: r.name), ratio, lr)
+    return worst
+
+
 def identical(rows: list[Row]) -> list[list[Row]]:
     """Groups of two or more rows whose per-language test accuracies are all equal."""
     groups: dict[str, list[Row]] = {}
@@ -737,9 +786,11 @@ def findings(rows: list[Row], st: dict, langs: list[str]) -> list[str]:
                    + f" (±{100 * nz:.2f} points, two standard errors over {best.n_test:,} positions).")
     if ng is not None:
         beat = [r for r in tf if r.top3 > ng.top3]
+        d = best.top3 - ng.top3
         out.append(f"- The {ng.name} reaches {pct(ng.top3)} top-3 ({ng.test_bpc:.3f} bpc) from the full training "
                    f"split in {dur(ng.train_seconds)}; {len(beat)} of {len(tf)} Transformer configurations beat it "
-                   f"on top-3 at this budget (best by {100 * (best.top3 - ng.top3):+.2f} points).")
+                   f"on top-3 at this budget (" + (f"the best by {100 * d:.2f} points)." if d > 0 else
+                                                  f"the best trails it by {100 * -d:.2f} points)."))
     out.append("")
 
     eff = sorted(tf, key=lambda r: (-r.top3 / max(r.train_seconds, 1e-9), r.name))
@@ -747,10 +798,17 @@ def findings(rows: list[Row], st: dict, langs: list[str]) -> list[str]:
             "- Top-3 accuracy per training minute: "
             + "; ".join(f"{r.name} ({r.variant}) {100 * r.top3 / (r.train_seconds / 60):.1f} points/min"
                         for r in eff[:3]) + "."]
-    for cost, label, fmt in (("train_seconds", "training time", lambda r: dur(r.train_seconds)),
-                             ("params", "parameters", lambda r: f"{r.params:,} params")):
+    spread = timing_spread(tf)
+    if spread is not None:
+        group, t_ratio, l_ratio = spread
+        out.append(f"- Timing noise: {', '.join(label(r) for r in group)} do the same work per character, yet their "
+                   f"training times differ {t_ratio:.1f}×" + (f" and their latencies {l_ratio:.1f}×" if l_ratio else "")
+                   + ". The machine was shared while the study ran, so read times and latencies as rough (±that "
+                   "factor); accuracies are not affected.")
+    for cost, what, fmt in (("train_seconds", "training time", lambda r: dur(r.train_seconds)),
+                            ("params", "parameters", lambda r: f"{r.params:,} params")):
         front = pareto(tf, cost)
-        out.append(f"- Pareto front of top-3 vs {label} (nothing is more accurate for less): "
+        out.append(f"- Pareto front of top-3 vs {what} (nothing is more accurate for less): "
                    + " → ".join(f"{r.name} ({r.variant}, {fmt(r)}, {pct(r.top3)})" for r in front) + ".")
     out.append("")
 
@@ -763,7 +821,7 @@ def findings(rows: list[Row], st: dict, langs: list[str]) -> list[str]:
             steps.append((a, b, (b.top3 - a.top3) / doublings))
     if steps:
         out.append("- Along the time front, top-3 points gained per doubling of training time: "
-                   + "; ".join(f"{a.name} → {b.name}: {100 * g:+.2f}" for a, b, g in steps) + ".")
+                   + "; ".join(f"{label(a)} → {label(b)}: {100 * g:+.2f}" for a, b, g in steps) + ".")
         if len(steps) >= 2:
             first, last = steps[0][2], steps[-1][2]
             out.append("- " + ("Returns diminish: the last doubling buys " if last < first else
@@ -806,7 +864,7 @@ def findings(rows: list[Row], st: dict, langs: list[str]) -> list[str]:
     else:
         out.append("- No configuration is worse than a smaller one of the same width beyond the test noise.")
     for group in identical(tf):
-        out.append("- " + " and ".join(f"{r.name} ({r.variant})" for r in group) + " give identical test results "
+        out.append("- " + ", ".join(label(r) for r in group) + " give identical test results "
                    "in every language: they predict the same characters whatever the context, a sign that training "
                    "stalled before the models learned to use it.")
     ref = [r for r in tf if "top1" in r.founding]
@@ -928,8 +986,11 @@ def recommendation(rows: list[Row], st: dict, max_train_minutes: float | None, m
                 f"({rel_t:.2f}×)" + (f", {ru.latency_ms:.2f} ms per keystroke" if ru.latency_ms is not None else "")
                 + f". It is {100 * gap:.2f} top-3 points behind, ")
         if gap <= nz:
+            cheaper = [w for w, yes in (("fewer parameters", rel_p < 1), ("faster training", rel_t < 1),
+                                        ("faster keystrokes", ru.latency_ms is not None and best.latency_ms is not None
+                                         and ru.latency_ms < best.latency_ms)) if yes]
             text += (f"which is within the test noise (±{100 * nz:.2f}): the two are tied on this evidence"
-                     + (", so prefer the runner-up where its lower cost matters." if rel_t < 1 or rel_p < 1 else "."))
+                     + (f"; prefer the runner-up where its {' and '.join(cheaper)} matter." if cheaper else "."))
         else:
             text += f"beyond the test noise (±{100 * nz:.2f})."
         out += [text, ""]
