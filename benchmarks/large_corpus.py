@@ -124,7 +124,7 @@ def main() -> None:
             shutil.rmtree(root, ignore_errors=True)
     print()
     print(f"{'corpus':>8} {'chars':>14} {'data dir':>9} {'prepare':>8} {'prepare RSS':>12} {'train RSS':>10}")
-    for gb, size, chars, data_bytes, prep, tr in rows:
+    for _gb, size, chars, data_bytes, prep, tr in rows:
         print(f"{size / 1e9:>6.2f}GB {chars:>14,} {data_bytes / 1e9:>7.2f}GB {prep['seconds']:>7.0f}s "
               f"{prep['peak_rss_mb']:>9.0f} MB {tr['peak_rss_mb']:>7.0f} MB")
 

@@ -119,7 +119,7 @@ def test_report_table_csv_and_plots(study):
         assert f"plots/{name}.png" in report
 
 
-def test_rerun_trains_nothing_and_report_is_identical(study, tiny_data_dir, monkeypatch):
+def test_rerun_trains_nothing_and_report_is_identical(study, tiny_data_dir, monkeypatch, capsys):
     grid, out = study
     before = (out / "report.md").read_bytes(), (out / "results.csv").read_bytes()
 
@@ -141,6 +141,15 @@ def test_rerun_trains_nothing_and_report_is_identical(study, tiny_data_dir, monk
     # the budget comes from the study when not given again
     run_study(grid, tiny_data_dir, out, threads=1, progress=False)
     assert (out / "report.md").read_bytes() == before[0]
+    # a default that changed since (here via --set) keeps finished points as they were run, with a note
+    st = (out / "study.json").read_bytes()
+    run_study(grid, tiny_data_dir, out, **{**ARGS, "sets": ["train.lr=0.01"], "progress": True})
+    assert "is kept as it was run; the grid now gives train.lr: 0.003 -> 0.01" in capsys.readouterr().out
+    assert json.loads(st)["points"] == json.loads((out / "study.json").read_bytes())["points"]
+    after = (out / "report.md").read_text(encoding="utf-8").splitlines()
+    assert [x for x in after if not x.startswith("- **Command**")] == [
+        x for x in before[0].decode("utf-8").splitlines() if not x.startswith("- **Command**")]
+    assert "; then `nextchar study run" in after[2]  # the study records every distinct command
 
 
 def test_interrupted_point_resumes_from_its_checkpoint(tiny_data_dir, tmp_path, fail_at_batch, capsys):
@@ -152,6 +161,8 @@ def test_interrupted_point_resumes_from_its_checkpoint(tiny_data_dir, tmp_path, 
     assert "run the same command again to resume" in capsys.readouterr().out
     assert checkpoint.find(out / "modern-tiny-two", "latest").name == "step-0000002"
     assert not (out / "modern-tiny-two/result.json").exists()
+    with pytest.raises(UserError, match=r"train.lr: 0.003 -> 0.01"):  # a started point keeps its settings
+        run_study(grid, tiny_data_dir, out, ngram=False, sets=["train.lr=0.01"], **ARGS)
     run_study(grid, tiny_data_dir, out, ngram=False, **{**ARGS, "progress": True})
     assert "resuming" in capsys.readouterr().out
     for d in ("modern-tiny-two", "modern-tiny-one"):

@@ -22,7 +22,6 @@ from safetensors.torch import load_file, save_file
 
 from nextchar.errors import UserError
 
-
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 

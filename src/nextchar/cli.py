@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -45,7 +45,7 @@ Threads = Annotated[int, typer.Option(help="Torch CPU threads (0 = all cores).")
 @friendly
 def prepare(
     out: Annotated[Path, typer.Option("--out", help="Data directory to write.")],
-    corpus: Annotated[Optional[Path], typer.Option(help="Folder of <lang>.txt UTF-8 files (default: Dasher texts).")] = None,
+    corpus: Annotated[Path | None, typer.Option(help="Folder of <lang>.txt UTF-8 files (default: Dasher texts).")] = None,
     min_count: Annotated[int, typer.Option(help="Keep characters seen at least this often in train.")] = 2,
 ):
     """Normalize a corpus, split it per language and write the vocabulary and token arrays."""
@@ -59,23 +59,23 @@ def prepare(
 def train(
     data: Annotated[Path, typer.Option(help="Prepared data directory.")],
     out: Annotated[Path, typer.Option(help="Run directory to write.")],
-    preset: Annotated[Optional[str], typer.Option(help="Named configuration (see configs/ and `nextchar presets`).")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="TOML file with [model] and [train] tables.")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override, e.g. model.n_layers=4 (repeatable).")] = None,
-    max_steps: Annotated[Optional[int], typer.Option(help="Budget in optimizer steps.")] = None,
-    max_tokens: Annotated[Optional[int], typer.Option(help="Budget in training characters.")] = None,
-    max_minutes: Annotated[Optional[float], typer.Option(help="Budget in wall-clock minutes of training.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="Torch CPU threads (0 = all cores).")] = None,
+    preset: Annotated[str | None, typer.Option(help="Named configuration (see configs/ and `nextchar presets`).")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML file with [model] and [train] tables.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override, e.g. model.n_layers=4 (repeatable).")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Budget in optimizer steps.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Budget in training characters.")] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="Budget in wall-clock minutes of training.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    threads: Annotated[int | None, typer.Option(help="Torch CPU threads (0 = all cores).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its latest checkpoint.")] = False,
     model: Annotated[str, typer.Option(help="transformer, or ngram for the Kneser-Ney baseline.")] = "transformer",
     order: Annotated[int, typer.Option(help="n-gram order (with --model ngram; 0 = choose on dev).")] = 0,
-    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the model (default: on for CUDA, off on CPU).")] = None,
-    grad_checkpoint: Annotated[Optional[bool], typer.Option("--grad-checkpoint/--no-grad-checkpoint", help="Recompute each layer in the backward pass (less memory, more time).")] = None,
-    grow: Annotated[Optional[str], typer.Option(help="LAYERS@FRACTION, e.g. 4@0.3: train 4 layers for 30% of the budget, then grow to model.n_layers.")] = None,
-    lang_temperature: Annotated[Optional[float], typer.Option(help="Sample languages with p ~ size^T (1 = proportional, 0 = uniform).")] = None,
-    augment_lower: Annotated[Optional[float], typer.Option(help="Probability of lower-casing a training sequence.")] = None,
-    augment_strip_accents: Annotated[Optional[float], typer.Option(help="Probability of dropping a training sequence's accents.")] = None,
+    compile: Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile the model (default: on for CUDA, off on CPU).")] = None,
+    grad_checkpoint: Annotated[bool | None, typer.Option("--grad-checkpoint/--no-grad-checkpoint", help="Recompute each layer in the backward pass (less memory, more time).")] = None,
+    grow: Annotated[str | None, typer.Option(help="LAYERS@FRACTION, e.g. 4@0.3: train 4 layers for 30% of the budget, then grow to model.n_layers.")] = None,
+    lang_temperature: Annotated[float | None, typer.Option(help="Sample languages with p ~ size^T (1 = proportional, 0 = uniform).")] = None,
+    augment_lower: Annotated[float | None, typer.Option(help="Probability of lower-casing a training sequence.")] = None,
+    augment_strip_accents: Annotated[float | None, typer.Option(help="Probability of dropping a training sequence's accents.")] = None,
 ):
     """Train a model (a CharTransformer, or the n-gram baseline) into a run directory.
 
@@ -103,7 +103,7 @@ def train(
 def eval_(
     run: Annotated[Path, typer.Option(help="Run directory.")],
     split: Annotated[str, typer.Option(help="dev or test.")] = "test",
-    data: Annotated[Optional[Path], typer.Option(help="Data directory (default: the one the run was trained on).")] = None,
+    data: Annotated[Path | None, typer.Option(help="Data directory (default: the one the run was trained on).")] = None,
     positions: Annotated[int, typer.Option(help="Evenly spaced positions per language.")] = 2000,
     threads: Threads = 0,
 ):
@@ -119,11 +119,11 @@ def eval_(
 @app.command()
 @friendly
 def predict(
-    prefix: Annotated[Optional[str], typer.Argument(help="Text typed so far.")] = None,
-    run: Annotated[Optional[Path], typer.Option(help="Run directory (default: the model shipped with nextchar).")] = None,
+    prefix: Annotated[str | None, typer.Argument(help="Text typed so far.")] = None,
+    run: Annotated[Path | None, typer.Option(help="Run directory (default: the model shipped with nextchar).")] = None,
     k: Annotated[int, typer.Option("-k", help="How many characters to suggest.")] = 3,
-    input: Annotated[Optional[Path], typer.Option("--input", help="File of prefixes, one per line.")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", help="Where file mode writes k characters per line.")] = None,
+    input: Annotated[Path | None, typer.Option("--input", help="File of prefixes, one per line.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", help="Where file mode writes k characters per line.")] = None,
     json_: Annotated[bool, typer.Option("--json", help="File mode writes JSON lines with probabilities.")] = False,
     threads: Threads = 0,
 ):
@@ -149,7 +149,7 @@ def show(ch: str) -> str:
     return {" ": "<space>"}.get(ch, ch) if ch.isprintable() else f"U+{ord(ch):04X}"
 
 
-def resolve_run(run: Optional[Path]) -> Path:
+def resolve_run(run: Path | None) -> Path:
     if run is not None:
         return run
     from nextchar import models
@@ -162,7 +162,7 @@ def resolve_run(run: Optional[Path]) -> Path:
 def params(
     preset: Annotated[str, typer.Option(help="Named configuration.")],
     vocab_size: Annotated[int, typer.Option(help="Vocabulary size (characters + specials).")],
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override, e.g. model.n_layers=4.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override, e.g. model.n_layers=4.")] = None,
 ):
     """Print the parameter count of a preset for a given vocabulary size."""
     from nextchar import config
@@ -211,12 +211,12 @@ def study_run(
     grid: Annotated[list[Path], typer.Argument(help="TOML grid(s) of named configurations (see configs/study-*.toml).")],
     data: Annotated[Path, typer.Option(help="Prepared data directory.")],
     out: Annotated[Path, typer.Option(help="Study directory (one run directory per point).")],
-    budget_tokens: Annotated[Optional[int], typer.Option(help="Training characters per configuration.")] = None,
-    budget_minutes: Annotated[Optional[float], typer.Option(help="Training minutes per configuration.")] = None,
-    eval_positions: Annotated[Optional[int], typer.Option(help="Test positions per language for each point (default 2000, or the study's).")] = None,
-    dev_evals: Annotated[Optional[int], typer.Option(help="Dev evaluations per point for the learning curves (token budgets; default 5, or the study's).")] = None,
+    budget_tokens: Annotated[int | None, typer.Option(help="Training characters per configuration.")] = None,
+    budget_minutes: Annotated[float | None, typer.Option(help="Training minutes per configuration.")] = None,
+    eval_positions: Annotated[int | None, typer.Option(help="Test positions per language for each point (default 2000, or the study's).")] = None,
+    dev_evals: Annotated[int | None, typer.Option(help="Dev evaluations per point for the learning curves (token budgets; default 5, or the study's).")] = None,
     ngram: Annotated[bool, typer.Option(help="Add the Kneser-Ney n-gram baseline row.")] = True,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override for every point, e.g. train.warmup_steps=20 (repeatable).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override for every point, e.g. train.warmup_steps=20 (repeatable).")] = None,
     threads: Threads = 0,
 ):
     """Train every configuration of the grid(s) with the same budget (resumable), then write the report."""
@@ -233,9 +233,9 @@ def study_run(
 @friendly
 def study_report(
     study: Annotated[Path, typer.Argument(help="Study directory written by `nextchar study run`.")],
-    max_train_minutes: Annotated[Optional[float], typer.Option(help="Recommend only configurations trained within this.")] = None,
-    max_params: Annotated[Optional[int], typer.Option(help="Recommend only configurations with at most this many parameters.")] = None,
-    max_latency_ms: Annotated[Optional[float], typer.Option(help="Recommend only configurations this fast per keystroke.")] = None,
+    max_train_minutes: Annotated[float | None, typer.Option(help="Recommend only configurations trained within this.")] = None,
+    max_params: Annotated[int | None, typer.Option(help="Recommend only configurations with at most this many parameters.")] = None,
+    max_latency_ms: Annotated[float | None, typer.Option(help="Recommend only configurations this fast per keystroke.")] = None,
 ):
     """Write report.md, results.csv and plots/*.png from a study's run directories (never trains)."""
     from nextchar.study import write_report
@@ -248,7 +248,7 @@ def study_report(
 @app.command()
 @friendly
 def serve(
-    run: Annotated[Optional[Path], typer.Option(help="Run or exported directory (default: the shipped model).")] = None,
+    run: Annotated[Path | None, typer.Option(help="Run or exported directory (default: the shipped model).")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     backend: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
@@ -285,7 +285,7 @@ def mix(
     transformer: Annotated[Path, typer.Option(help="Transformer run directory.")],
     ngram: Annotated[Path, typer.Option(help="n-gram run directory (nextchar train --model ngram).")],
     out: Annotated[Path, typer.Option(help="Mixture run directory to write.")],
-    data: Annotated[Optional[Path], typer.Option(help="Data directory for tuning (default: the Transformer's).")] = None,
+    data: Annotated[Path | None, typer.Option(help="Data directory for tuning (default: the Transformer's).")] = None,
     positions: Annotated[int, typer.Option(help="Dev positions per language for tuning the weight.")] = 500,
     threads: Threads = 0,
 ):

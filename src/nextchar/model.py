@@ -6,8 +6,8 @@ import dataclasses
 import math
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from nextchar.config import ModelConfig

@@ -465,7 +465,7 @@ def _check_level(
 
 
 def train_ngram(data: str | os.PathLike[str], out: str | os.PathLike[str], order: int | None = None,
-                max_order: int = 8, select_positions: int = 500) -> dict:
+                max_order: int = 8, select_positions: int = 500, final_positions: int = 2000) -> dict:
     """`nextchar train --model ngram`: fit on every language's train split; pick the order on dev if not given."""
     import time
     from pathlib import Path
@@ -474,7 +474,6 @@ def train_ngram(data: str | os.PathLike[str], out: str | os.PathLike[str], order
     from nextchar.data import open_data
     from nextchar.evaluate import evaluate
     from nextchar.predict import START, NGramPredictor
-    from nextchar.train import FINAL_EVAL_POSITIONS
 
     out = Path(out)
     if (out / "config.json").exists():
@@ -505,7 +504,7 @@ def train_ngram(data: str | os.PathLike[str], out: str | os.PathLike[str], order
            "model": {"order": chosen, "vocab_size": ds.vocab.size, "smoothing": "interpolated modified Kneser-Ney"},
            "train": {"max_order": max_order, "select_positions": select_positions}}
     checkpoint.atomic_write_json(out / "config.json", cfg)
-    final = evaluate(NGramPredictor(model, ds.vocab), ds, "dev", FINAL_EVAL_POSITIONS)
+    final = evaluate(NGramPredictor(model, ds.vocab), ds, "dev", final_positions)
     result = {"run": str(out), "preset": cfg["preset"], "config": {"model": cfg["model"], "train": cfg["train"]},
               "params": model.num_entries(), "best_dev_loss": final["macro"]["ce"], "dev": final["macro"],
               "dev_languages": final["languages"], "top1": final["macro"]["top1"], "top3": final["macro"]["top3"],

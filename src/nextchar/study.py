@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import csv
 import io
@@ -13,7 +12,6 @@ import re
 import shlex
 import statistics
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -177,28 +175,6 @@ def train_flops(cfg: RunConfig, params: int) -> float:
     """Rough FLOPs per training character: 6 x params plus attention over the context (an ETA proxy only)."""
     m = cfg.model
     return 6.0 * params + 12.0 * m.n_layers * m.context * m.d_model
-
-
-@contextlib.contextmanager
-def final_eval_positions(n: int) -> Iterator[None]:
-    """Set nextchar.train.FINAL_EVAL_POSITIONS to n for the duration (restored, or removed again, after).
-
-    Why: the study's numbers come from its own test evaluation, and 2000 dev positions x 24 languages after every
-    point costs more than training a small model on CPU. train.py now reads TrainConfig.final_eval_positions
-    (run_study sets it); ngram.train_ngram still imports this module constant at call time.
-    """
-    import nextchar.train as train_mod
-
-    missing = object()
-    old = getattr(train_mod, "FINAL_EVAL_POSITIONS", missing)
-    train_mod.FINAL_EVAL_POSITIONS = n
-    try:
-        yield
-    finally:
-        if old is missing:
-            del train_mod.FINAL_EVAL_POSITIONS
-        else:
-            train_mod.FINAL_EVAL_POSITIONS = old
 
 
 def latency_prefixes(ds: Any, n: int = LATENCY_PREFIXES) -> list[str]:
@@ -443,8 +419,7 @@ def run_study(grid: str | Path | list[str | Path], data: str | Path, out: str | 
                         shutil.rmtree(run)
                     say("n-gram baseline: counting the training split and choosing the order on dev")
                     dev_positions = max(p.cfg.train.eval_positions for p in points) if points else eval_positions
-                    with final_eval_positions(dev_positions):
-                        ngram_mod.train_ngram(data, run)
+                    ngram_mod.train_ngram(data, run, final_positions=dev_positions)
                 finish(run, "n-gram baseline", t0)
         todo = [p for p in points if not _finished(out / p.dir)]
         say(f"{len(points)} configurations, {len(points) - len(todo)} already finished, {len(todo)} to run; "
@@ -462,9 +437,8 @@ def run_study(grid: str | Path | list[str | Path], data: str | Path, out: str | 
             t0 = time.time()
             if not (run / "result.json").exists():
                 resume = (run / "config.json").exists()
-                with final_eval_positions(p.cfg.train.eval_positions):
-                    train_mod.train(data, run, copy.deepcopy(p.cfg), resume=resume, preset=p.preset,
-                                    progress=progress)
+                train_mod.train(data, run, copy.deepcopy(p.cfg), resume=resume, preset=p.preset,
+                                progress=progress)
             finish(run, p.name, t0)
     except KeyboardInterrupt:
         say(f"interrupted; run the same command again to resume: {cmd}")
@@ -680,7 +654,7 @@ def loss_path(r: Row) -> str:
         return "not logged"
     early = c[max(0, len(c) // 10 - 1)][1]
     late = statistics.mean(v for _, v in c[-max(1, len(c) // 5):])
-    return f"{early:.2f} → {late:.2f} nats for {r.name}"
+    return f"{early:.2f} → {late:.2f} nats"
 
 
 def depth_series(rows: list[Row], variant: str) -> list[Row]:
@@ -725,7 +699,8 @@ def summary_table(rows: list[Row]) -> list[str]:
 
 def md_table(header: list[str], cells: list[list[str]]) -> list[str]:
     widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(header)]
-    line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"
+    def line(vals):
+        return "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"
     return [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *(line(c) for c in cells)]
 
 
@@ -813,15 +788,23 @@ def findings(rows: list[Row], st: dict, langs: list[str]) -> list[str]:
     out.append("")
 
     out += ["### 3. Diminishing returns", ""]
-    front = pareto(tf, "train_seconds")
+    # front points within 25% of each other's time are one step (the more accurate stands for both): a gain
+    # divided by a near-zero number of doublings would say nothing
+    front: list[Row] = []
+    for r in pareto(tf, "train_seconds"):
+        if front and r.train_seconds < 1.25 * front[-1].train_seconds:
+            front[-1] = r
+        else:
+            front.append(r)
     steps = []
     for a, b in itertools.pairwise(front):
         doublings = math.log2(max(b.train_seconds, 1e-9) / max(a.train_seconds, 1e-9))
-        if doublings > 0:
-            steps.append((a, b, (b.top3 - a.top3) / doublings))
+        steps.append((a, b, (b.top3 - a.top3) / doublings))
     if steps:
         out.append("- Along the time front, top-3 points gained per doubling of training time: "
-                   + "; ".join(f"{label(a)} → {label(b)}: {100 * g:+.2f}" for a, b, g in steps) + ".")
+                   + "; ".join(f"{label(a)} → {label(b)}: {100 * g:+.2f} "
+                               f"(×{b.train_seconds / max(a.train_seconds, 1e-9):.1f} time)" for a, b, g in steps)
+                   + ".")
         if len(steps) >= 2:
             first, last = steps[0][2], steps[-1][2]
             out.append("- " + ("Returns diminish: the last doubling buys " if last < first else
@@ -855,12 +838,20 @@ def findings(rows: list[Row], st: dict, langs: list[str]) -> list[str]:
     out += ["### 4. Anomalies", ""]
     an = anomalies(tf)
     if an:
-        for a, b in an:
-            out.append(f"- **{a.name}** ({a.variant}, {a.params:,} params) is worse than the smaller **{b.name}** "
-                       f"({b.params:,} params, same width {a.model['d_model']}): top-3 {pct(a.top3)} vs "
-                       f"{pct(b.top3)} ({100 * (a.top3 - b.top3):+.2f} points, noise ±{100 * noise(a, b):.2f}). "
-                       f"Training loss {loss_path(a)} against {loss_path(b)}; learning curves: "
-                       f"[plots/anomaly-{a.dir}.png](plots/anomaly-{a.dir}.png).")
+        # grouped by the smaller model that beats them, so one reference is read once
+        refs: list[Row] = []
+        for _, b in an:
+            if b not in refs:
+                refs.append(b)
+        for b in refs:
+            worse = [a for a, bb in an if bb is b]
+            out.append(f"- The smaller **{b.name}** ({b.variant}, {b.params:,} params, top-3 {pct(b.top3)}; training "
+                       f"loss {loss_path(b)}) beats {len(worse)} larger configuration(s) of the same width "
+                       f"{b.model['d_model']} beyond the test noise:")
+            for a in worse:
+                out.append(f"  - **{a.name}** ({a.params:,} params): top-3 {pct(a.top3)} "
+                           f"({100 * (a.top3 - b.top3):+.2f} points, noise ±{100 * noise(a, b):.2f}); training loss "
+                           f"{loss_path(a)}; [learning curves](plots/anomaly-{a.dir}.png).")
     else:
         out.append("- No configuration is worse than a smaller one of the same width beyond the test noise.")
     for group in identical(tf):
@@ -889,7 +880,8 @@ def findings(rows: list[Row], st: dict, langs: list[str]) -> list[str]:
     weak = sorted(vals, key=lambda lang: (vals[lang], lang))[:3]
     sizes = st.get("data_stats", {})
     med = statistics.median(v["train"] for v in sizes.values()) if sizes else 0
-    size = lambda lang: f", {sizes[lang]['train']:,} train chars" if lang in sizes else ""
+    def size(lang):
+        return f", {sizes[lang]['train']:,} train chars" if lang in sizes else ""
     out.append(f"- Weakest languages for {best.name} ({best.variant}), top-3 against its mean of {pct(mean)}: "
                + "; ".join(f"{lang} {pct(vals[lang])} ({100 * (vals[lang] - mean):+.2f} points{size(lang)})"
                            for lang in weak)
@@ -1005,6 +997,17 @@ def recommendation(rows: list[Row], st: dict, max_train_minutes: float | None, m
     return out
 
 
+def recipes(rows: list[Row]) -> list[str]:
+    """One header line naming what each variant in the study is (from the runs' own configs)."""
+    parts = []
+    if any(r.variant == "seed" for r in rows):
+        parts.append("**seed** = the founding study's recipe (post-LN, sinusoidal positions, separate output layer)")
+    pos = sorted({str(r.model.get("pos")) for r in rows if r.variant == "modern"})
+    if pos:
+        parts.append(f"**modern** = pre-norm, {'/'.join(pos)} positions, output tied to the input embedding")
+    return [f"- **Recipes**: {'; '.join(parts)}."] if parts else []
+
+
 def header(study: Path, st: dict, rows: list[Row]) -> list[str]:
     stats = st.get("data_stats", {})
     langs = sorted(stats)
@@ -1019,7 +1022,8 @@ def header(study: Path, st: dict, rows: list[Row]) -> list[str]:
     batch = sorted({p["config"]["train"]["batch_size"] for p in pts0})
     lr = sorted({p["config"]["train"]["lr"] for p in pts0})
     warm = sorted({p["config"]["train"]["warmup_steps"] for p in pts0})
-    j = lambda v: ", ".join(map(str, v))
+    def j(v):
+        return ", ".join(map(str, v))
     date = st["created"] + (f" to {st['finished']}" if st.get("finished") and st["finished"] != st["created"] else "")
     return [
         f"# Architecture study: {' + '.join(titles)}", "",
@@ -1032,6 +1036,7 @@ def header(study: Path, st: dict, rows: list[Row]) -> list[str]:
         f"{j(warm)} steps." + (" The n-gram baseline counts the whole training split (it has no token budget)."
                                 if st.get("ngram") else "")),
         f"- **Device**: {'; '.join(devices) if devices else '—'}.",
+        *recipes(rows),
         (f"- **Evaluation**: Top-1/Top-3/Test bpc are macro averages over languages of {st['eval_positions']} evenly "
         f"spaced test positions per language (fewer where a test split is shorter). Dev Loss is the best periodic "
         f"dev loss (nats/char; {j(dev_pos)} positions per language every {j(dev_every)} steps and at the end). "
@@ -1153,21 +1158,28 @@ def write_plots(folder: Path, rows: list[Row], langs: list[str]) -> None:
     variants = [v for v in ("seed", "modern") if any(r.variant == v for r in tf)]
     fig, axes = plt.subplots(1, max(1, len(variants)), figsize=(7 * max(1, len(variants)), 5.5), sharey=True,
                              squeeze=False)
+    handles: dict[str, Any] = {}
     for ax, variant in zip(axes[0], variants):
         for r in sorted((r for r in tf if r.variant == variant), key=lambda r: r.name):
             if r.train_curve:
                 ax.plot([t for t, _ in r.train_curve], [v for _, v in r.train_curve], color=color[r.name], lw=0.8,
                         alpha=0.35, ls=":")
             if r.dev_curve:
-                ax.plot([t for t, _ in r.dev_curve], [v for _, v in r.dev_curve], color=color[r.name], marker="o",
-                        ms=3, lw=1.5, label=r.name)
+                (handles[r.name],) = ax.plot([t for t, _ in r.dev_curve], [v for _, v in r.dev_curve],
+                                             color=color[r.name], marker="o", ms=3, lw=1.5)
         if ng is not None:
-            ax.axhline(ng.dev_loss, color="black", ls="--", lw=1, label=ng.name)
+            handles[ng.name] = ax.axhline(ng.dev_loss, color="black", ls="--", lw=1)
         ax.set_xlabel("training characters seen")
         ax.set_title(f"{variant} recipe: dev loss (solid) and training loss (dotted)")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
+    dev = [v for r in tf for _, v in r.dev_curve]
+    if dev:  # the first steps' losses would squash the part worth reading
+        low = min(dev + ([ng.dev_loss] if ng is not None else []))
+        axes[0][0].set_ylim(low - 0.2, max(dev) + 0.5)
     axes[0][0].set_ylabel("loss (nats per character)")
+    names_in_order = sorted(handles, key=lambda n: (n == (ng.name if ng else None), n))
+    fig.legend([handles[n] for n in names_in_order], names_in_order, loc="lower center", ncol=5, fontsize=8,
+               bbox_to_anchor=(0.5, -0.02 - 0.035 * math.ceil(len(handles) / 5)))
     _save(fig, folder / "learning_curves.png")
     plt.close(fig)
 

@@ -26,7 +26,6 @@ from nextchar.evaluate import evaluate
 from nextchar.model import CharTransformer
 from nextchar.predict import TorchPredictor
 
-FINAL_EVAL_POSITIONS = 2000  # dev positions per language for an n-gram run's result.json (ngram.py reads it)
 # Rank 0 evaluates and saves while the other ranks wait in a collective; the wait must outlast the final
 # evaluation (2000 positions x 24 languages), so the process group's timeout is generous.
 DIST_TIMEOUT = datetime.timedelta(minutes=60)
