@@ -8,6 +8,7 @@ DATA ?= data/dasher
 RUN ?= runs/quickstart
 QUICK_MINUTES ?= 10
 QUICK_PRESET ?= quick
+QUICK_THREADS ?= 0
 
 .PHONY: setup browser quickstart test clean
 
@@ -31,7 +32,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	@touch $@
 
 quickstart: setup
-	$(PY) -m nextchar quickstart --data $(DATA) --run $(RUN) --preset $(QUICK_PRESET) --minutes $(QUICK_MINUTES)
+	$(PY) -m nextchar quickstart --data $(DATA) --run $(RUN) --preset $(QUICK_PRESET) --minutes $(QUICK_MINUTES) --threads $(QUICK_THREADS)
 
 test: setup browser
 	$(PY) -m pytest -q
