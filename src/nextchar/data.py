@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import unicodedata
 import weakref
 from dataclasses import dataclass, field
@@ -12,33 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+from nextchar.checkpoint import atomic_write_bytes as atomic_write
 from nextchar.errors import UserError
 from nextchar.vocab import Vocab
 
 SPLITS = ("train", "dev", "test")
-
-
-def atomic_write(path: str | Path, data: bytes) -> None:
-    """Write data to path via a temp file in the same dir + os.replace, so a crash never leaves a half file."""
-    p = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    except OSError as e:
-        raise UserError(f"{p}: cannot write ({e.strerror})") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError):
-            raise UserError(f"{p}: cannot write ({e.strerror})") from None
-        raise
 
 
 def write_tokens(path: str | Path, ids: np.ndarray, dtype: np.dtype | str | None = None) -> None:

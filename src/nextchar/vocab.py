@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nextchar.checkpoint import atomic_write_bytes
 from nextchar.errors import UserError
 
 SPECIALS = ["<unk>"]
@@ -90,9 +91,7 @@ class Vocab:
 
     def save(self, path: str | Path) -> None:
         """Write vocab JSON atomically."""
-        from nextchar.data import atomic_write  # data imports vocab, so import at call time
-
-        atomic_write(path, json.dumps(self.to_dict(), ensure_ascii=False, indent=0).encode("utf-8"))
+        atomic_write_bytes(path, json.dumps(self.to_dict(), ensure_ascii=False, indent=0).encode("utf-8"))
 
     @classmethod
     def from_dict(cls, d: dict, origin: str = "vocabulary") -> Vocab:
