@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from nextchar.errors import UserError
-from nextchar.predict import START, Predictor, split_context
+from nextchar.predict import START, Predictor, rank, split_context
 from nextchar.vocab import Vocab
 
 # p = (1 - λc - λu)·p_model + λc·p_cache + λu·uniform, where p_cache is a Witten-Bell-style interpolation of
@@ -157,16 +157,6 @@ def mix(p_model: np.ndarray, cache: CacheCounts | None, weights: Weights, n_spec
     if lam_c > 0.0 and cache is not None:
         out += lam_c * cache.probs(weights.escape)
     return out
-
-
-def rank(probs: np.ndarray, ok: np.ndarray, chars: Sequence[str], k: int) -> list[list[tuple[str, float]]]:
-    """The k most likely suggestible characters per row of (N, V) probs; the same order as Predictor.topk."""
-    if k < 1:
-        raise UserError(f"k {k}: must be at least 1")
-    k = min(k, int(ok.sum()))
-    masked = np.where(ok, probs, -1.0)  # (N, V)
-    top = np.argsort(-masked, axis=1, kind="stable")[:, :k]  # (N, k)
-    return [[(chars[j], float(row[j])) for j in ids] for row, ids in zip(masked, top)]
 
 
 # ------------------------------------------------------------------------------------------ sessions
