@@ -93,3 +93,12 @@ def test_python_dash_m_and_help():
     for cmd in ("prepare", "train", "eval", "predict", "params"):
         r = cli(cmd, "--help")
         assert r.exit_code == 0 and "--" in r.output
+
+
+def test_predict_without_run_uses_the_shipped_model(tmp_path):
+    r = cli("predict", "Happy New Yea", "--threads", 1)
+    assert r.exit_code == 0 and len(r.output.strip().splitlines()) == 3
+    (tmp_path / "p.txt").write_text("Hello wor\nשלו\n", encoding="utf-8")
+    r = cli("predict", "--input", tmp_path / "p.txt", "--output", tmp_path / "o.txt", "--threads", 1)
+    assert r.exit_code == 0
+    assert [len(x) for x in (tmp_path / "o.txt").read_text(encoding="utf-8").split("\n")] == [3, 3, 0]

@@ -22,9 +22,10 @@ def test_package_predicts_like_the_run(tiny_run, tmp_path):
     assert "nextchar train --preset tiny" in card and "| ru |" in card and "**macro**" in card
 
 
-def test_shipped_default_model_loads_when_present():
-    if not (DEFAULT / "config.json").exists():
-        return  # a source checkout before the first model is shipped
-    pred = Predictor.load(default_model())
+def test_shipped_default_model_loads_and_is_small():
+    assert default_model() == DEFAULT
+    pred = Predictor.load(DEFAULT)
     assert len(pred.topk("Happy New Yea", 3)) == 3
     assert sum(f.stat().st_size for f in DEFAULT.rglob("*") if f.is_file()) <= 10 * 2**20
+    card = (DEFAULT / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert "nextchar train" in card and len(pred.vocab.chars) == pred.vocab.size
