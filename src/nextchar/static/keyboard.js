@@ -98,7 +98,8 @@ async function predict(force = false) {
     render(data.predictions, prefix);
     $("latency").textContent = `${(performance.now() - t0).toFixed(1)} ms`;
     $("model").textContent = data.model + (data.adapted ? " (adapted)" : "");
-    setStatus("");
+    // Clear only an earlier failure: "Remembered"/"Forgotten" must stay readable past the next prediction.
+    if ($("status").classList.contains("error")) setStatus("");
   } catch (e) {
     if (e.name !== "AbortError" && my === seq) {
       asked = null; // the next keystroke or cursor move tries again
