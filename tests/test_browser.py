@@ -60,15 +60,20 @@ def page(browser, url):
     ctx.close()
 
 
+def type_and_wait(page, box, text: str) -> None:
+    """Type into the text box like a person and wait until the buttons show suggestions for that text."""
+    box.click()
+    page.keyboard.type(text)
+    page.wait_for_function(READY, arg=text)
+
+
 def suggestions(page) -> list[str]:
     return [b.get_attribute("data-char") for b in page.locator(".sugg").all()]
 
 
 def test_type_see_three_pick_one(page):
     box = page.locator("#text")
-    box.click()
-    page.keyboard.type("Hello wor")
-    page.wait_for_function(READY, arg="Hello wor")
+    type_and_wait(page, box, "Hello wor")
     chars = suggestions(page)
     assert len(chars) == 3 and all(len(c) == 1 for c in chars) and len(set(chars)) == 3
     assert page.locator(".sugg .prob").first.inner_text().endswith("%")
@@ -87,9 +92,7 @@ def test_type_see_three_pick_one(page):
 def test_digit_keys_pick_when_the_toggle_is_on(page):
     page.locator("#digits").check()
     box = page.locator("#text")
-    box.click()
-    page.keyboard.type("The qui")
-    page.wait_for_function(READY, arg="The qui")
+    type_and_wait(page, box, "The qui")
     third = suggestions(page)[2]
     page.keyboard.press("3")
     assert box.input_value() == "The qui" + third
@@ -97,9 +100,7 @@ def test_digit_keys_pick_when_the_toggle_is_on(page):
 
 def test_hebrew_right_to_left(page):
     box = page.locator("#text")
-    box.click()
-    page.keyboard.type("שלום עו")
-    page.wait_for_function(READY, arg="שלום עו")
+    type_and_wait(page, box, "שלום עו")
     chars = suggestions(page)
     assert len(chars) == 3 and all(chars)
     assert box.evaluate("el => getComputedStyle(el).direction") == "rtl"
@@ -120,9 +121,7 @@ def test_adaptation_is_on_and_done_remembers(page, url):
 
     assert page.locator("#adapt").is_checked()
     box = page.locator("#text")
-    box.click()
-    page.keyboard.type("vizqubel vizqubel")
-    page.wait_for_function(READY, arg="vizqubel vizqubel")
+    type_and_wait(page, box, "vizqubel vizqubel")
     assert "(adapted)" in page.locator("#model").inner_text()
     page.locator("#done").click()
     page.wait_for_function("() => document.getElementById('status').textContent.startsWith('Remembered')")
