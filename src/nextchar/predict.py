@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import json
-import math
 import unicodedata
 from pathlib import Path
 
@@ -425,7 +424,3 @@ def predict_file(pred: Predictor, input_path: str | Path, output_path: str | Pat
         out = "".join("".join(c for c, _ in r) + "\n" for r in rows)
     checkpoint.atomic_write_bytes(output_path, out.encode("utf-8"))
     return len(prefixes)
-
-
-def bits(nats: float) -> float:
-    return nats / math.log(2)
