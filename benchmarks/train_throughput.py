@@ -159,6 +159,8 @@ def main() -> None:
     ap.add_argument("--ckpt-preset", default="modern-12l", help="preset for the gradient-checkpointing rows")
     ap.add_argument("--ckpt-context", type=int, default=512)
     ap.add_argument("--ckpt-batch", type=int, default=0, help="batch for those rows (0: 8 on CPU, 32 on CUDA)")
+    ap.add_argument("--ckpt-eager", action="store_true", help="no torch.compile for those rows on CUDA (saves the "
+                    "compile time when the device time is short)")
     args = ap.parse_args()
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else \
         ("cpu" if args.device == "auto" else args.device)
@@ -186,7 +188,7 @@ def main() -> None:
 
     batch = args.ckpt_batch or (32 if device == "cuda" else 8)
     ck = [measure(args.ckpt_preset, "nextchar", device, batch, args.ckpt_context, args.seconds, ckpt=c,
-                  use_compile=device == "cuda") for c in (False, True)]
+                  use_compile=device == "cuda" and not args.ckpt_eager) for c in (False, True)]
     print()
     print(f"gradient checkpointing, {args.ckpt_preset} at context {args.ckpt_context}, batch {batch}:")
     print(table(ck))

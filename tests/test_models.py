@@ -22,6 +22,23 @@ def test_package_predicts_like_the_run(tiny_run, tmp_path):
     assert "nextchar train --preset tiny" in card and "| ru |" in card and "**macro**" in card
 
 
+def test_half_package_is_half_the_size_and_predicts_alike(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    eval_run(run, "test", positions=50)
+    full = package_model(run, tmp_path / "full")
+    half = package_model(run, tmp_path / "half", half=True)
+
+    def size(p):
+        return sum(f.stat().st_size for f in p.glob("checkpoints/*/model.safetensors"))
+
+    assert 0.45 < size(half) / size(full) < 0.55
+    prefixes = ["", "Hello wor", "Привет, ми", "שלו", "The quick brown"]
+    a, b = Predictor.load(full).dist(prefixes), Predictor.load(half).dist(prefixes)
+    assert not np.array_equal(a, b)  # the weights really were rounded
+    np.testing.assert_allclose(a, b, atol=2e-3)
+
+
 def test_shipped_default_model_loads_and_is_small():
     assert default_model() == DEFAULT
     pred = Predictor.load(DEFAULT)

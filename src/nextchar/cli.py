@@ -105,13 +105,17 @@ def eval_(
     split: Annotated[str, typer.Option(help="dev or test.")] = "test",
     data: Annotated[Path | None, typer.Option(help="Data directory (default: the one the run was trained on).")] = None,
     positions: Annotated[int, typer.Option(help="Evenly spaced positions per language.")] = 2000,
+    device: Annotated[str, typer.Option(help="cpu or cuda (a Transformer run on a GPU).")] = "cpu",
     threads: Threads = 0,
 ):
     """Per-language top-1/top-3 accuracy, cross-entropy and bits per character; writes RUN/eval_<split>.json."""
     from nextchar.evaluate import eval_run, format_table
+    from nextchar.train import resolve_device
 
     threads_option(threads)
-    res = eval_run(run, split, data, positions)
+    if device not in ("cpu", "cuda"):
+        raise UserError(f"--device {device!r}: choose cpu or cuda")
+    res = eval_run(run, split, data, positions, device=resolve_device(device))
     typer.echo(format_table(res))
     typer.echo(f"wrote {run / f'eval_{split}.json'}")
 
@@ -302,11 +306,12 @@ def package(
     run: Annotated[Path, typer.Option(help="Trained run directory (with eval_test.json).")],
     out: Annotated[Path, typer.Option(help="Folder to write: best weights, config, vocabulary, MODEL_CARD.md.")],
     command: Annotated[str, typer.Option(help="The training command, recorded in the model card.")] = "",
+    half: Annotated[bool, typer.Option("--half", help="Store the weights as float16 (half the size).")] = False,
 ):
     """Package a run's best weights with a model card (how the shipped default model is made)."""
     from nextchar.models import package_model
 
-    typer.echo(f"wrote {package_model(run, out, command)}")
+    typer.echo(f"wrote {package_model(run, out, command, half)}")
 
 
 def main() -> None:

@@ -177,6 +177,13 @@ PRESETS["quick"] = {
     "model": dict(d_model=128, n_layers=4, n_heads=4, d_ff=512, dropout=0.0, context=64, variant="modern", pos="rope"),
     "train": dict(batch_size=64, lr=6e-3, warmup_steps=100, eval_every=500, eval_positions=100),
 }
+# The GPU recipe meant to beat the Kneser-Ney n-gram: the study's recommended 12 layers, twice its width,
+# a 256-character context and big batches (docs/recipe.md has its measurements).
+PRESETS["best"] = {
+    "model": dict(d_model=256, n_layers=12, n_heads=8, d_ff=1024, dropout=0.1, context=256, variant="modern",
+                  pos="rope"),
+    "train": dict(batch_size=256, lr=3e-3, warmup_steps=200, eval_every=250, eval_positions=200, log_every=25),
+}
 # Tiny model for tests and smoke runs.
 PRESETS["tiny"] = {
     "model": dict(d_model=16, n_layers=2, n_heads=2, d_ff=32, dropout=0.0, context=32, variant="modern"),

@@ -18,14 +18,19 @@ def default_model() -> Path:
     return DEFAULT
 
 
-def package_model(run: str | Path, out: str | Path, command: str = "") -> Path:
-    """Copy a run's best weights (no optimizer state), config and vocabulary, and write MODEL_CARD.md."""
+def package_model(run: str | Path, out: str | Path, command: str = "", half: bool = False) -> Path:
+    """Copy a run's best weights (no optimizer state), config and vocabulary, and write MODEL_CARD.md.
+
+    half=True stores the weights as float16 (half the size; they are widened to float32 again on load).
+    """
     run, out = Path(run), Path(out)
     ck = checkpoint.find(run, "best")
     if ck is None:
         raise UserError(f"{run}: run has no best checkpoint to package")
     test = checkpoint.read_json(run / "eval_test.json", "test evaluation (run `nextchar eval --split test` first)")
     weights, _, state = checkpoint.load(ck, with_optimizer=False)
+    if half:
+        weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
     state = {k: v for k, v in state.items() if k not in ("optimizer", "sampler", "rng", "files")}
     if out.exists():
         shutil.rmtree(out)
