@@ -1,18 +1,35 @@
-"""The quickstart job's wiring on the tiny corpus: train, evaluate on test, show suggestions, reuse the run."""
+"""The quickstart job's wiring on the tiny corpus: train both parts, mix, evaluate on test, suggest, reuse the run."""
 
 import json
+import shutil
 
+import numpy as np
+import pytest
+
+from nextchar.errors import UserError
+from nextchar.predict import Predictor
 from nextchar.quickstart import EXAMPLES, quickstart
 
 
-def test_quickstart_trains_evaluates_and_suggests(tiny_data_dir, tmp_path, capsys):
-    run = quickstart(tiny_data_dir, tmp_path / "run", preset="tiny", minutes=0.02, threads=1)
+def test_quickstart_trains_mixes_evaluates_and_suggests(tiny_data_dir, tmp_path, capsys):
+    run = quickstart(tiny_data_dir, tmp_path / "run", preset="tiny", minutes=0.02, threads=1, ngram_order=3)
     out = capsys.readouterr().out
-    assert (run / "result.json").exists() and (run / "eval_test.json").exists()
+    assert (run / "transformer" / "result.json").exists() and (run / "ngram" / "model.npz").exists()
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["model_type"] == "mixture" and cfg["components"] == ["transformer", "ngram"]
     assert json.loads((run / "eval_test.json").read_text())["split"] == "test"
     assert "macro" in out and str(run.resolve()) in out
     assert sum(1 for line in out.splitlines() if "->" in line) == len(EXAMPLES)
-    mtime = (run / "result.json").stat().st_mtime
-    quickstart(tiny_data_dir, run, preset="tiny", minutes=0.02, threads=1)
+    mtime = (run / "transformer" / "result.json").stat().st_mtime
+    quickstart(tiny_data_dir, run, preset="tiny", minutes=0.02, threads=1, ngram_order=3)
     assert "already trained" in capsys.readouterr().out
-    assert (run / "result.json").stat().st_mtime == mtime
+    assert (run / "transformer" / "result.json").stat().st_mtime == mtime
+    # The mixture names its parts relative to itself, so the folder can move.
+    before = Predictor.load(run).dist(["Hello wor"])
+    moved = shutil.move(run, tmp_path / "moved")
+    np.testing.assert_array_equal(Predictor.load(moved).dist(["Hello wor"]), before)
+
+
+def test_quickstart_refuses_a_run_folder_that_is_not_a_mixture(tiny_data_dir, tiny_run):
+    with pytest.raises(UserError, match="not a quickstart mixture"):
+        quickstart(tiny_data_dir, tiny_run, preset="tiny", minutes=0.02, threads=1)

@@ -196,13 +196,14 @@ def quickstart(
     data: Annotated[Path, typer.Option(help="Data directory (prepared from Dasher if missing).")] = Path("data/dasher"),
     run: Annotated[Path, typer.Option(help="Run directory to write.")] = Path("runs/quickstart"),
     preset: Annotated[str, typer.Option(help="Model preset.")] = "quick",
-    minutes: Annotated[float, typer.Option(help="Training budget in minutes.")] = 10.0,
+    minutes: Annotated[float, typer.Option(help="Transformer training budget in minutes.")] = 10.0,
     threads: Threads = 0,
+    ngram_order: Annotated[int, typer.Option(help="Order of the Kneser-Ney n-gram mixed in.")] = 8,
 ):
-    """The main job: prepare Dasher, train a small model on CPU, evaluate on test, show suggestions."""
+    """The main job: prepare Dasher, train a Transformer and the n-gram on CPU, mix them, evaluate on test, suggest."""
     from nextchar.quickstart import quickstart as run_quickstart
 
-    run_quickstart(data, run, preset, minutes, threads)
+    run_quickstart(data, run, preset, minutes, threads, ngram_order)
 
 
 study_app = typer.Typer(no_args_is_help=True, help="Architecture study: sweep a grid, write the report.")

@@ -71,7 +71,7 @@ def make_mixture(transformer: str | Path, ngram: str | Path, out: str | Path, da
     w, scores = tune_weight(a, b, ds, positions)
     out.mkdir(parents=True, exist_ok=True)
     a.vocab.save(out / "vocab.json")
-    cfg = {"model_type": "mixture", "components": [str(Path(transformer).resolve()), str(Path(ngram).resolve())],
+    cfg = {"model_type": "mixture", "components": [component_path(transformer, out), component_path(ngram, out)],
            "weight": w, "data": str(Path(ds.path).resolve()), "vocab_hash": a.vocab.hash,
            "dev_ce_by_weight": {str(k): v for k, v in scores.items()}}
     checkpoint.atomic_write_json(out / "config.json", cfg)
@@ -79,6 +79,12 @@ def make_mixture(transformer: str | Path, ngram: str | Path, out: str | Path, da
     return cfg
 
 
+def component_path(component: str | Path, out: Path) -> str:
+    """A component inside the mixture's folder is stored relative to it, so the folder can move; others absolute."""
+    c, o = Path(component).resolve(), out.resolve()
+    return str(c.relative_to(o)) if c.is_relative_to(o) else str(c)
+
+
 def load_mixture(path: Path, cfg: dict) -> MixturePredictor:
-    a, b = (Predictor.load(p) for p in cfg["components"])
+    a, b = (Predictor.load(path / p) for p in cfg["components"])  # `/` keeps an absolute p as it is
     return MixturePredictor(a, b, float(cfg["weight"]), path.name)
