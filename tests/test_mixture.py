@@ -39,3 +39,18 @@ def test_mix_run_is_no_worse_than_its_parts_on_dev(tiny_run, ngram_run, tiny_dat
     assert ce["mix"] <= min(ce["a"], ce["b"]) + 0.05
     assert min(cfg["dev_ce_by_weight"].values()) == pytest.approx(ce["mix"], rel=1e-6)
     assert math.isfinite(ce["mix"]) and len(m.topk("Hello", 3)) == 3
+
+
+def test_mixture_session_is_the_mix_of_the_parts_while_typing(tiny_run, ngram_run):
+    a, b = Predictor.load(tiny_run), Predictor.load(ngram_run)
+    m = MixturePredictor(a, b, 0.3)
+    assert m.incremental and a.context > b.context
+    text = "Hello world, this line is longer than the tiny context of thirty-two ids. Привет!"
+    prefixes = [text[:i] for i in range(len(text) + 1)]
+    prefixes[40:40] = [text[:38], text[:35] + "x"]  # a backspace and an edit inside the window
+    ms, as_ = m.session(), a.session()
+    for p in prefixes:
+        # The Transformer part is its own session's window (stride context/2), the n-gram part the last ids.
+        want = 0.3 * as_.dist(p) + 0.7 * b.dist([p])[0]
+        np.testing.assert_allclose(ms.dist(p), want, rtol=1e-5, atol=1e-7)
+    assert ms.recomputes == as_.recomputes < len(prefixes) // 4

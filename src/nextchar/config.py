@@ -155,7 +155,7 @@ def build(cls: type, values: dict[str, Any], section: str):
 
 
 # The study's shapes (../shared/seed/architecture-study.md). "seed-*" are its exact recipe; "modern-*" the same
-# widths with our recipe. `quick` and `best` are tuned for speed on CPU (see docs/).
+# widths with our recipe. `quick` is tuned for accuracy per CPU second, `best` for a GPU (see docs/recipe.md).
 _SHAPES: dict[str, dict[str, Any]] = {
     "12l": dict(d_model=128, n_layers=12, n_heads=4, d_ff=512, dropout=0.1),
     "8l": dict(d_model=128, n_layers=8, n_heads=4, d_ff=512, dropout=0.1),

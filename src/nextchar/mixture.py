@@ -26,10 +26,32 @@ class MixturePredictor(Predictor):
         self.context = max(a.context, b.context)
         self.run_id = run_id
 
+        # Typing sessions reuse the first component's key/value cache when its window is the whole window;
+        # the n-gram part is cheap to compute afresh from the window's last ids.
+        self.incremental = a.incremental and a.context >= b.context
+
+    def _mix(self, la: np.ndarray, lb: np.ndarray) -> np.ndarray:
+        return np.logaddexp(la + math.log(self.weight), lb + math.log1p(-self.weight))
+
     def logprobs(self, contexts: list[np.ndarray]) -> np.ndarray:
         la = self.a.logprobs([c[-self.a.context:] for c in contexts])  # (N, V)
         lb = self.b.logprobs([c[-self.b.context:] for c in contexts])  # (N, V)
-        return np.logaddexp(la + math.log(self.weight), lb + math.log1p(-self.weight))
+        return self._mix(la, lb)
+
+    # -- incremental interface (Session): state = (first component's cache, ids of the window so far) -------
+    def _start(self):
+        return self.a._start(), np.zeros(0, dtype=np.int64)
+
+    def _feed(self, state, ids: np.ndarray):
+        cache, window = state
+        cache, la = self.a._feed(cache, ids)  # (V,)
+        window = np.concatenate([window, np.asarray(ids, dtype=np.int64)])
+        lb = self.b.logprobs([window[-self.b.context:]])[0]  # (V,)
+        return (cache, window), self._mix(la, lb)
+
+    def _truncate(self, state, n: int):
+        cache, window = state
+        return self.a._truncate(cache, n), window[:n]
 
 
 def component_logprobs(pred: Predictor, ds, split: str, positions: int) -> tuple[list, list]:
