@@ -103,8 +103,7 @@ def tiny_data_dir(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tiny_data_dir, tmp_path_factory):
+def _train_tiny(data: Path, folder: Path, **model) -> Path:
     """A tiny Transformer trained a few dozen steps on the tiny corpus (a real run directory)."""
     import torch
 
@@ -113,13 +112,26 @@ def tiny_run(tiny_data_dir, tmp_path_factory):
 
     torch.set_num_threads(1)
     cfg = load("tiny")
+    for k, v in model.items():
+        setattr(cfg.model, k, v)
     cfg.train.max_steps = 40
     cfg.train.lr = 1e-2
     cfg.train.threads = 1
     cfg.train.device = "cpu"
-    run = tmp_path_factory.mktemp("tiny_run") / "run"
-    train(tiny_data_dir, run, cfg, progress=False)
+    run = folder / "run"
+    train(data, run, cfg, progress=False)
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_data_dir, tmp_path_factory):
+    return _train_tiny(tiny_data_dir, tmp_path_factory.mktemp("tiny_run"))
+
+
+@pytest.fixture(scope="session")
+def tiny_hash_run(tiny_data_dir, tmp_path_factory):
+    """tiny_run's shape with hashed 2..3-gram inputs."""
+    return _train_tiny(tiny_data_dir, tmp_path_factory.mktemp("tiny_hash_run"), ngram_buckets=64, ngram_order=3)
 
 
 @pytest.fixture

@@ -94,13 +94,15 @@ def test_int8_measurement_skipped_without_the_data(tiny_run, tmp_path):
     assert "int8" not in res and not (tmp_path / "out" / "model.int8.onnx").exists()
 
 
-@pytest.mark.parametrize("preset,pos", [("seed-2l", "learned"), ("modern-2l", "rope"), ("modern-2l", "learned")])
-def test_graphs_match_the_model_for_every_variant(preset, pos, tmp_path):
+@pytest.mark.parametrize("preset,pos,buckets", [("seed-2l", "learned", 0), ("modern-2l", "rope", 0),
+                                                 ("modern-2l", "learned", 0), ("modern-2l", "rope", 53)])
+def test_graphs_match_the_model_for_every_variant(preset, pos, buckets, tmp_path):
     """Both graphs follow any batch, sequence and past length, not only the ones they were traced with."""
     import onnxruntime as ort
 
     cfg = load(preset).model
     cfg.vocab_size, cfg.n_layers, cfg.d_model, cfg.d_ff, cfg.context, cfg.pos = 40, 2, 32, 64, 24, pos
+    cfg.ngram_buckets = buckets  # hashed 2..4-gram inputs: the step graphs also take `prev`
     torch.manual_seed(0)
     model = CharTransformer(cfg).eval()
     write_graphs(model, tmp_path)
@@ -117,7 +119,10 @@ def test_graphs_match_the_model_for_every_variant(preset, pos, tmp_path):
     for graph, steps in ((step, (1, 5, 1, 1, 9, 7)), (key, (1,) * 24), (step, (24,))):
         past, at = [np.zeros((1, cfg.n_heads, 0, 32 // cfg.n_heads), np.float32)] * 4, 0
         for t in steps:
-            lp, *past = graph.run(None, {"ids": x[:1, at:at + t].numpy(), **dict(zip(names, past))})
+            feeds = {"ids": x[:1, at:at + t].numpy(), **dict(zip(names, past))}
+            if buckets:
+                feeds["prev"] = torch.nn.functional.pad(x[:1, :at], (3, 0), value=40)[:, -3:].numpy()
+            lp, *past = graph.run(None, feeds)
             at += t
             np.testing.assert_allclose(lp[0], want[0, at - 1].numpy(), atol=1e-5)
 
@@ -151,3 +156,16 @@ def test_cli_export(tiny_run, tmp_path):
     res = runner.invoke(app, ["export", "--run", str(tiny_run), "--out", str(tmp_path / "o"), "--threads", "1"])
     assert res.exit_code == 0, res.output
     assert "parity fp32 vs PyTorch" in res.output and (tmp_path / "o" / "model.onnx").exists()
+
+
+def test_hashed_ngram_model_exports_with_typing_parity(tiny_hash_run, tmp_path):
+    """export() checks batch and typing parity itself (it raises on a miss); a session agrees with PyTorch's."""
+    out = tmp_path / "hash-onnx"
+    res = export(tiny_hash_run, out, parity_prefixes=100)
+    assert res["parity"]["n"] == 100 and res["parity"]["max_abs_dp"] < 1e-4
+    onnx, ref = OnnxPredictor(out), Predictor.load(tiny_hash_run)
+    assert onnx.incremental
+    text = "Le vieux château dominait la vallée, et les enfants couraient vers la rivière en riant."
+    s_onnx, s_ref = onnx.session(), ref.session()
+    for n in range(len(text) + 1):
+        np.testing.assert_allclose(s_onnx.dist(text[:n]), s_ref.dist(text[:n]), atol=1e-5)

@@ -128,3 +128,36 @@ def test_config_rejects_all_problems_at_once():
         ModelConfig(d_model=30, n_heads=4, dropout=1.5, variant="big")
     msg = str(e.value)
     assert "variant" in msg and "dropout" in msg and "divisible" in msg
+    with pytest.raises(UserError, match="ngram_order must be 2 to 8.*|ngram_buckets must be >= 0"):
+        ModelConfig(ngram_buckets=-1, ngram_order=9)
+
+
+def test_hashed_ngram_inputs_are_causal_and_feed_through_the_cache():
+    """Each position adds its hashed 2..4-grams: later ids never change earlier logits, and feeding the cache
+    with the ids before each piece (`prev`) gives the full forward's logits."""
+    from nextchar.model import ngram_buckets
+
+    torch.manual_seed(5)
+    m = build("modern-2l", vocab=40, d_model=32, d_ff=64, ngram_buckets=97, ngram_order=4).eval()
+    assert m.num_params() == build("modern-2l", vocab=40, d_model=32, d_ff=64).num_params() + 97 * 32
+    x = torch.randint(0, 40, (2, 20))
+    rows = ngram_buckets(x, None, 40, 4, 97)  # (3, 2, 20)
+    assert rows.shape == (3, 2, 20) and 0 <= rows.min() and rows.max() < 97
+    # a position's 2-gram row depends on its id and the one before, not on ids further back
+    y = x.clone()
+    y[:, 5] = (x[:, 5] + 1) % 40
+    diff = ngram_buckets(y, None, 40, 4, 97) != rows
+    assert not diff[0, :, 7:].any() and not diff[:, :, :5].any()
+    with torch.no_grad():
+        full, _ = m(x)
+        other, _ = m(y)
+        torch.testing.assert_close(full[:, :5], other[:, :5])
+        assert not torch.allclose(full[:, 5:8], other[:, 5:8])
+        cache: list = []
+        parts = []
+        for a, b in ((0, 7), (7, 8), (8, 15), (15, 20)):
+            prev = torch.nn.functional.pad(x[:, :a], (3, 0), value=40)[:, -3:]  # the 3 ids before x[:, a]
+            parts.append(m(x[:, a:b], cache=cache, prev=prev)[0])
+        with pytest.raises(ValueError, match="prev"):
+            m(x[:, :1], cache=cache)
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=1e-4, atol=1e-5)

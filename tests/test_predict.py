@@ -12,9 +12,10 @@ from nextchar.predict import START, Predictor, context_ids, predict_file, split_
 torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="module")
-def pred(tiny_run):
-    return Predictor.load(tiny_run)
+@pytest.fixture(scope="module", params=["tiny_run", "tiny_hash_run"])
+def pred(request):
+    """Each rule holds for a plain model and for one with hashed n-gram inputs (its own typing-session state)."""
+    return Predictor.load(request.getfixturevalue(request.param))
 
 
 def test_topk_is_k_distinct_sorted_probabilities(pred):

@@ -24,7 +24,7 @@ from nextchar import checkpoint
 from nextchar.config import ModelConfig
 from nextchar.errors import UserError
 from nextchar.model import CharTransformer
-from nextchar.predict import START, Predictor, TorchPredictor, rank
+from nextchar.predict import START, Predictor, TorchPredictor, prev_ids, rank
 from nextchar.vocab import Vocab
 
 FORMATS = ("onnx",)
@@ -56,8 +56,11 @@ class _Step(nn.Module):
         self.model = model
 
     def forward(self, ids, *past):
+        prev = None
+        if self.model.cfg.ngram_buckets:  # the ids before `ids` come first (see write_graphs)
+            prev, past = past[0], past[1:]
         cache = [(past[2 * i], past[2 * i + 1]) for i in range(self.model.cfg.n_layers)]  # (B, H, P, Dh) each
-        logits, _ = self.model(ids, cache=cache, last_only=True)  # (B, 1, V)
+        logits, _ = self.model(ids, cache=cache, last_only=True, prev=prev)  # (B, 1, V)
         return (torch.log_softmax(logits[:, -1], dim=-1), *[t for kv in cache for t in kv])  # (B, V), (B, H, P+T, Dh)..
 
 
@@ -93,15 +96,20 @@ def write_graphs(model: CharTransformer, folder: Path) -> None:
     dynamic = {"ids": {0: "batch", 1: "seq"}, "logprobs": {0: "batch"}}
     dynamic.update({name: {0: "batch", 2: "past"} for name in ins})
     dynamic.update({name: {0: "batch", 2: "total"} for name in outs})
-    _onnx_export(_Step(model), (torch.zeros((1, 2), dtype=torch.long), *past), folder / FILES["step"],
-                 ["ids", *ins], ["logprobs", *outs], dynamic)
+    # A model with hashed n-gram inputs also takes `prev` (B, ngram_order-1), the ids before `ids`.
+    extra, extra_names = [], []
+    if cfg.ngram_buckets:
+        extra, extra_names = [torch.full((1, cfg.ngram_order - 1), cfg.vocab_size, dtype=torch.long)], ["prev"]
+        dynamic["prev"] = {0: "batch"}
+    _onnx_export(_Step(model), (torch.zeros((1, 2), dtype=torch.long), *extra, *past), folder / FILES["step"],
+                 ["ids", *extra_names, *ins], ["logprobs", *outs], dynamic)
     # The keystroke graph: one new id of one session, so every shape but the past's length is fixed and the
     # shape arithmetic folds away (about half the nodes of step.onnx, each a fixed cost per keystroke). One
     # query needs no mask, whatever the past's length (0 included).
     dynamic = {name: {2: "past"} for name in ins}
     dynamic.update({name: {2: "total"} for name in outs})
-    _onnx_export(_Step(model), (torch.zeros((1, 1), dtype=torch.long), *past), folder / FILES["key"],
-                 ["ids", *ins], ["logprobs", *outs], dynamic)
+    _onnx_export(_Step(model), (torch.zeros((1, 1), dtype=torch.long), *extra, *past), folder / FILES["key"],
+                 ["ids", *extra_names, *ins], ["logprobs", *outs], dynamic)
     for name in ("model", "step", "key"):
         fold_shapes(folder / FILES[name])
 
@@ -405,15 +413,22 @@ class OnnxPredictor(Predictor):
     def _positions(self, ids: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         return self.full.run(None, {"ids": ids, "rows": rows.astype(np.int64), "cols": cols.astype(np.int64)})[0]
 
+    # State: (the cache as (1, H, P, Dh) per layer's keys and values, the ids fed so far).
     def _start(self):
-        return self._empty
+        return self._empty, np.zeros(0, dtype=np.int64)
 
     def _feed(self, state, ids: np.ndarray):
+        cache, fed = state
         graph = self.key if len(ids) == 1 and self.key is not None else self.step
-        out = graph.run(None, {"ids": ids.astype(np.int64)[None], **dict(zip(self._names, state))})
-        return out[1:], out[0][0]  # the cache as (1, H, P+T, Dh) per layer's keys and values, logprobs (V,)
+        feeds = {"ids": ids.astype(np.int64)[None], **dict(zip(self._names, cache))}
+        tail = prev_ids(self.cfg, fed)
+        if tail is not None:
+            feeds["prev"] = tail[None]  # (1, K)
+        out = graph.run(None, feeds)
+        return (out[1:], np.concatenate([fed, ids.astype(np.int64)])), out[0][0]  # logprobs (V,)
 
     def _truncate(self, state, n: int):
-        if n == state[0].shape[2]:
+        cache, fed = state
+        if n == cache[0].shape[2]:
             return state
-        return [np.ascontiguousarray(t[:, :, :n]) for t in state]
+        return [np.ascontiguousarray(t[:, :, :n]) for t in cache], fed[:n]

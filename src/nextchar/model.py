@@ -15,6 +15,31 @@ from nextchar.config import ModelConfig
 # One (k, v) pair per layer, each (B, H, T_past, Dh); the cache's length is the number of positions seen.
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
 
+# Hashed n-grams: codes stay below 2**31 (so products fit int64 in torch, numpy and ONNX alike), then scatter.
+HASH_PRIME = 2_147_483_647
+HASH_MULT = 1_000_003
+
+
+def ngram_buckets(idx: torch.Tensor, prev: torch.Tensor | None, vocab_size: int, order: int,
+                  buckets: int) -> torch.Tensor:
+    """Table rows (order-1, B, T) of each position's 2..order-gram (its id and the ids before it).
+
+    `prev` (B, >= order-1) holds the ids just before idx; None means idx starts the window, and missing ids
+    are the pad value vocab_size, as at the start of every training window.
+    """
+    T = idx.shape[1]
+    K = order - 1
+    if prev is None:
+        full = F.pad(idx.long(), (K, 0), value=vocab_size)  # (B, K+T)
+    else:
+        full = torch.cat([prev[:, prev.shape[1] - K:].long(), idx.long()], dim=1)  # (B, K+T)
+    code = full[:, K:]  # (B, T) the 1-gram
+    rows = []
+    for n in range(2, order + 1):
+        code = (code * (vocab_size + 1) + full[:, K + 1 - n:K + 1 - n + T]) % HASH_PRIME  # (B, T)
+        rows.append((code * HASH_MULT + n) % buckets)
+    return torch.stack(rows)  # (order-1, B, T)
+
 
 def sinusoidal(n: int, d: int) -> torch.Tensor:
     """The fixed sine/cosine position table of "Attention is all you need" (the study's encoding)."""
@@ -123,6 +148,8 @@ class CharTransformer(nn.Module):
         self.grad_checkpoint = False
         self.tok = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
+        if cfg.ngram_buckets:
+            self.ngram = nn.Embedding(cfg.ngram_buckets, cfg.d_model)  # hashed 2..ngram_order-grams, summed
         seed = cfg.variant == "seed"
         self.blocks = nn.ModuleList(SeedBlock(cfg) if seed else ModernBlock(cfg) for _ in range(cfg.n_layers))
         if seed:
@@ -185,18 +212,24 @@ class CharTransformer(nn.Module):
         return new
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
-                last_only: bool = False, at: torch.Tensor | None = None):
+                last_only: bool = False, at: torch.Tensor | None = None, prev: torch.Tensor | None = None):
         """Logits (B, T, V) and the mean cross-entropy when targets are given.
 
         `last_only` keeps only the last position, `at` (B,) one position per row: logits (B, 1, V) either way,
         which skips the output layer for positions nobody reads. With `cache` (a list, possibly empty), past
-        keys/values are reused and the list is replaced in place, so a caller feeds only new characters.
+        keys/values are reused and the list is replaced in place, so a caller feeds only new characters; a model
+        with hashed n-gram inputs then also needs `prev` (B, ngram_order-1), the ids before idx (pad: vocab_size).
         """
         B, T = idx.shape
         P = cache[0][0].shape[2] if cache else 0
         if P + T > self.cfg.context:
             raise ValueError(f"sequence of {P + T} exceeds the model's context of {self.cfg.context}")
         x = self.tok(idx)  # (B, T, C)
+        if self.cfg.ngram_buckets:
+            if P and prev is None:
+                raise ValueError("feeding a cache to a model with hashed n-gram inputs needs `prev`")
+            c = self.cfg
+            x = x + self.ngram(ngram_buckets(idx, prev, c.vocab_size, c.ngram_order, c.ngram_buckets)).sum(0)
         rope = None
         if self.cfg.variant == "seed":
             x = x * math.sqrt(self.cfg.d_model) + self.pe[P:P + T]  # (B, T, C)

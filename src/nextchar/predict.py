@@ -108,6 +108,14 @@ def share_windows(contexts: list[np.ndarray]) -> np.ndarray:
     return owner
 
 
+def prev_ids(cfg: ModelConfig, fed: np.ndarray) -> np.ndarray | None:
+    """The ids (K,) before the next ones for a model with hashed n-gram inputs (padded), else None."""
+    if not cfg.ngram_buckets:
+        return None
+    K = cfg.ngram_order - 1
+    return np.concatenate([np.full(K, cfg.vocab_size, dtype=np.int64), fed.astype(np.int64)])[-K:]
+
+
 class Predictor:
     """Next-character distributions from a trained run; subclasses implement `logprobs` for a backend.
 
@@ -374,18 +382,24 @@ class TorchPredictor(Predictor):
             logits = self.model(idx)[0][torch.from_numpy(rows).to(self.device), c]  # (M, V)
         return torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
 
+    # State: (KV cache, the ids fed so far), the ids for a model with hashed n-gram inputs.
     def _start(self):
-        return []
+        return [], np.zeros(0, dtype=np.int64)
 
     @torch.inference_mode()
     def _feed(self, state, ids: np.ndarray):
+        cache, fed = state
+        tail = prev_ids(self.model.cfg, fed)
+        prev = None if tail is None else torch.from_numpy(tail)[None].to(self.device)  # (1, K)
         idx = torch.from_numpy(ids.astype(np.int64))[None].to(self.device)  # (1, T)
-        logits, _ = self.model(idx, cache=state, last_only=True)  # (1, 1, V); state is replaced in place
-        return state, torch.log_softmax(logits[0, 0].float(), dim=-1).cpu().numpy()
+        logits, _ = self.model(idx, cache=cache, last_only=True, prev=prev)  # (1, 1, V); cache replaced in place
+        fed = np.concatenate([fed, ids.astype(np.int64)])
+        return (cache, fed), torch.log_softmax(logits[0, 0].float(), dim=-1).cpu().numpy()
 
     @torch.inference_mode()
     def _truncate(self, state, n: int):
-        return [(k[:, :, :n], v[:, :, :n]) for k, v in state]  # (1, H, n, Dh) each
+        cache, fed = state
+        return [(k[:, :, :n], v[:, :, :n]) for k, v in cache], fed[:n]  # (1, H, n, Dh) each
 
 
 class NGramPredictor(Predictor):
