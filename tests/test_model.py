@@ -139,6 +139,8 @@ def test_hashed_ngram_inputs_are_causal_and_feed_through_the_cache():
 
     torch.manual_seed(5)
     m = build("modern-2l", vocab=40, d_model=32, d_ff=64, ngram_buckets=97, ngram_order=4).eval()
+    assert not m.ngram.weight.any()  # starts at zero (see reset_parameters); random rows here, as if trained
+    torch.nn.init.normal_(m.ngram.weight)
     assert m.num_params() == build("modern-2l", vocab=40, d_model=32, d_ff=64).num_params() + 97 * 32
     x = torch.randint(0, 40, (2, 20))
     rows = ngram_buckets(x, None, 40, 4, 97)  # (3, 2, 20)

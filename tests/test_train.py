@@ -140,6 +140,8 @@ def test_flops_per_token_formula():
     seed = load("seed-2l").model
     seed.vocab_size = 78
     assert flops_per_token(CharTransformer(seed)) == 6 * (416_590 - 78 * 128) + 12 * 2 * 128 * 128
+    cfg.ngram_buckets = 1000  # the hashed n-gram table is a lookup too
+    assert flops_per_token(CharTransformer(cfg)) == flops_per_token(m)
 
 
 def test_compile_defaults_on_for_cuda_only(tiny_data_dir, tmp_path, monkeypatch):

@@ -183,7 +183,8 @@ for _name, _shape in _SHAPES.items():
     PRESETS[f"modern-{_name}"] = {"model": dict(_shape, variant="modern")}
 # Small and fast on CPU: the quickstart model. Tuned for accuracy per CPU second (docs/recipe.md).
 PRESETS["quick"] = {
-    "model": dict(d_model=128, n_layers=4, n_heads=4, d_ff=512, dropout=0.0, context=64, variant="modern", pos="rope"),
+    "model": dict(d_model=128, n_layers=4, n_heads=4, d_ff=512, dropout=0.0, context=64, variant="modern", pos="rope",
+                  ngram_buckets=32768, ngram_order=4),
     "train": dict(batch_size=64, lr=6e-3, warmup_steps=100, eval_every=500, eval_positions=100),
 }
 # The GPU recipe meant to beat the Kneser-Ney n-gram: the study's recommended 12 layers, twice its width,

@@ -15,9 +15,11 @@ from nextchar.config import ModelConfig
 # One (k, v) pair per layer, each (B, H, T_past, Dh); the cache's length is the number of positions seen.
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
 
-# Hashed n-grams: codes stay below 2**31 (so products fit int64 in torch, numpy and ONNX alike), then scatter.
+# Hashed n-grams: a polynomial hash modulo a prime below 2**31 (so products fit int64 in torch and ONNX alike).
+# A base coprime to the table size matters: an earlier base of vocab_size+1 (even) with a power-of-two table
+# kept only the oldest ids' bits, and order 8 then trained worse than no n-grams at all.
 HASH_PRIME = 2_147_483_647
-HASH_MULT = 1_000_003
+HASH_BASE = 1_000_003
 
 
 def ngram_buckets(idx: torch.Tensor, prev: torch.Tensor | None, vocab_size: int, order: int,
@@ -33,11 +35,11 @@ def ngram_buckets(idx: torch.Tensor, prev: torch.Tensor | None, vocab_size: int,
         full = F.pad(idx.long(), (K, 0), value=vocab_size)  # (B, K+T)
     else:
         full = torch.cat([prev[:, prev.shape[1] - K:].long(), idx.long()], dim=1)  # (B, K+T)
-    code = full[:, K:]  # (B, T) the 1-gram
+    code = full[:, K:] + 1  # (B, T) the 1-gram
     rows = []
     for n in range(2, order + 1):
-        code = (code * (vocab_size + 1) + full[:, K + 1 - n:K + 1 - n + T]) % HASH_PRIME  # (B, T)
-        rows.append((code * HASH_MULT + n) % buckets)
+        code = (code * HASH_BASE + full[:, K + 1 - n:K + 1 - n + T] + 1) % HASH_PRIME  # (B, T) the n-gram
+        rows.append(code % buckets)
     return torch.stack(rows)  # (order-1, B, T)
 
 
@@ -166,7 +168,13 @@ class CharTransformer(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """GPT-2 style init for modern (residual projections scaled by depth); PyTorch defaults for seed."""
+        """GPT-2 style init for modern (residual projections scaled by depth); PyTorch defaults for seed.
+
+        The hashed n-gram table starts at zero: most long n-grams are rare, and random rows that training
+        seldom touches would only add noise to every input (order 6 trained worse than none with them).
+        """
+        if self.cfg.ngram_buckets:
+            nn.init.zeros_(self.ngram.weight)
         if self.cfg.variant == "seed":
             # nn.TransformerEncoderLayer initializes in_proj with xavier_uniform and zero bias.
             for b in self.blocks:
@@ -176,7 +184,7 @@ class CharTransformer(nn.Module):
             return
         std = 0.02
         for name, p in self.named_parameters():
-            if p.dim() < 2:
+            if p.dim() < 2 or name == "ngram.weight":
                 continue
             scaled = name.endswith("attn.proj.weight") or name.endswith("fc2.weight")
             nn.init.normal_(p, 0.0, std / math.sqrt(2 * self.cfg.n_layers) if scaled else std)

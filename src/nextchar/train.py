@@ -140,14 +140,15 @@ def set_rng_state(st: dict) -> None:
 def flops_per_token(model: CharTransformer) -> float:
     """Training FLOPs per token ~ 6*N + 12*L*T*d (PaLM's estimate: forward + backward of every matmul).
 
-    N counts the parameters that take part in a matmul: not the learned position table or an untied input
-    embedding (lookups); the tied embedding is the output layer's matrix, so it counts. 12*L*T*d is attention's
+    N counts the parameters that take part in a matmul: not the learned position table, the hashed n-gram table
+    or an untied input embedding (lookups); the tied embedding is the output layer's matrix, so it counts. 12*L*T*d is attention's
     QK^T and AV at full context T (causal masking's skipped half is counted, as is usual).
     """
     c = model.cfg
     n = model.num_params()
-    if hasattr(model, "pos"):
-        n -= model.pos.weight.numel()
+    for lookup in ("pos", "ngram"):
+        if hasattr(model, lookup):
+            n -= getattr(model, lookup).weight.numel()
     if c.variant == "seed":
         n -= model.tok.weight.numel()
     return 6.0 * n + 12.0 * c.n_layers * c.context * c.d_model
