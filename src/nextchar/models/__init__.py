@@ -40,19 +40,23 @@ def package_model(run: str | Path, out: str | Path, command: str = "", half: boo
     shutil.copy(run / "vocab.json", out / "vocab.json")
     checkpoint.save(out, weights, None, state, tags=("best", "latest"))
     result = checkpoint.read_json(run / "result.json", "result")
-    checkpoint.atomic_write_bytes(out / "MODEL_CARD.md", model_card(cfg, result, test, command).encode("utf-8"))
+    checkpoint.atomic_write_bytes(out / "MODEL_CARD.md", model_card(cfg, result, test, command, half).encode("utf-8"))
     return out
 
 
-def model_card(cfg: dict, result: dict, test: dict, command: str) -> str:
+def model_card(cfg: dict, result: dict, test: dict, command: str, half: bool = False) -> str:
     """A short description of a packaged model: what it is, how it was trained, its test metrics."""
     m = cfg["model"]
+    ngrams = (f", hashed 2..{m['ngram_order']}-gram inputs ({m['ngram_buckets']:,} table rows)"
+              if m.get("ngram_buckets") else "")
+    stored = ("Weights stored as float16 (`nextchar package --half`); the test metrics below are the float32 run's."
+              if half else "")
     lines = [
         "# nextchar default model", "",
         f"A {m['variant']} character Transformer: {m['n_layers']} layers, width {m['d_model']}, {m['n_heads']} heads, "
-        f"feed-forward {m['d_ff']}, context {m['context']} characters, {result['params']:,} parameters, "
+        f"feed-forward {m['d_ff']}, context {m['context']} characters{ngrams}, {result['params']:,} parameters, "
         f"vocabulary of {m['vocab_size']} symbols over {len(cfg.get('languages', []))} languages "
-        f"({', '.join(cfg.get('languages', []))}).", "",
+        f"({', '.join(cfg.get('languages', []))}).", "", *([stored, ""] if stored else []),
         f"Trained with nextchar's own pipeline for {result['train_seconds'] / 60:.1f} minutes "
         f"({result['steps']:,} steps, {result['tokens']:,} characters) on {result.get('device', '?')}; "
         f"best dev loss {result['best_dev_loss']:.4f} nats (step {result.get('best_step', '?')}).", "",
