@@ -46,6 +46,20 @@ def test_params_prints_the_study_count():
     assert r.exit_code == 0 and r.output.strip() == "2,399,310"
 
 
+def test_presets_lists_every_preset_with_its_shape():
+    from nextchar.config import PRESETS
+
+    r = cli("presets")
+    lines = {line.split()[0]: line for line in r.output.splitlines()}
+    assert r.exit_code == 0 and set(lines) == set(PRESETS)
+    assert "layers=12" in lines["best"] and "ngram-inputs=32768x2..4" in lines["quick"]
+    assert "ngram-inputs" not in lines["modern-4l"]
+    # the quick preset's parameters: the 4-layer network plus the 32768 x 128 hashed n-gram table
+    plain = cli("params", "--preset", "modern-4l", "--vocab-size", 495).output.strip().replace(",", "")
+    quick = cli("params", "--preset", "quick", "--vocab-size", 495).output.strip().replace(",", "")
+    assert int(quick) == int(plain) + 32768 * 128
+
+
 @pytest.mark.parametrize("args,needle", [
     (("params", "--preset", "nope", "--vocab-size", 78), "unknown preset 'nope'"),
     (("train", "--data", "{data}", "--out", "{tmp}/r", "--preset", "tiny", "--set", "model.wings=2",

@@ -187,7 +187,8 @@ def presets():
     for name, p in sorted(PRESETS.items()):
         m = p["model"]
         typer.echo(f"{name:<16} {m.get('variant', 'modern'):<7} d={m.get('d_model')} layers={m.get('n_layers')} "
-                   f"heads={m.get('n_heads')} ff={m.get('d_ff')} dropout={m.get('dropout')}")
+                   f"heads={m.get('n_heads')} ff={m.get('d_ff')} dropout={m.get('dropout')}"
+                   + (f" ngram-inputs={m['ngram_buckets']}x2..{m.get('ngram_order', 4)}" if m.get("ngram_buckets") else ""))
 
 
 @app.command()
