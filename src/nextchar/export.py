@@ -413,22 +413,19 @@ class OnnxPredictor(Predictor):
     def _positions(self, ids: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         return self.full.run(None, {"ids": ids, "rows": rows.astype(np.int64), "cols": cols.astype(np.int64)})[0]
 
-    # State: (the cache as (1, H, P, Dh) per layer's keys and values, the ids fed so far).
     def _start(self):
-        return self._empty, np.zeros(0, dtype=np.int64)
+        return self._empty
 
-    def _feed(self, state, ids: np.ndarray):
-        cache, fed = state
+    def _feed(self, state, ids: np.ndarray, before: np.ndarray):
         graph = self.key if len(ids) == 1 and self.key is not None else self.step
-        feeds = {"ids": ids.astype(np.int64)[None], **dict(zip(self._names, cache))}
-        tail = prev_ids(self.cfg, fed)
+        feeds = {"ids": ids.astype(np.int64)[None], **dict(zip(self._names, state))}
+        tail = prev_ids(self.cfg, before)
         if tail is not None:
             feeds["prev"] = tail[None]  # (1, K)
         out = graph.run(None, feeds)
-        return (out[1:], np.concatenate([fed, ids.astype(np.int64)])), out[0][0]  # logprobs (V,)
+        return out[1:], out[0][0]  # the cache as (1, H, P+T, Dh) per layer's keys and values, logprobs (V,)
 
     def _truncate(self, state, n: int):
-        cache, fed = state
-        if n == cache[0].shape[2]:
+        if n == state[0].shape[2]:
             return state
-        return [np.ascontiguousarray(t[:, :, :n]) for t in cache], fed[:n]
+        return [np.ascontiguousarray(t[:, :, :n]) for t in state]

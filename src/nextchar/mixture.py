@@ -38,20 +38,18 @@ class MixturePredictor(Predictor):
         lb = self.b.logprobs([c[-self.b.context:] for c in contexts])  # (N, V)
         return self._mix(la, lb)
 
-    # -- incremental interface (Session): state = (first component's cache, ids of the window so far) -------
+    # -- incremental interface (Session): the state is the first component's cache --------------------------
     def _start(self):
-        return self.a._start(), np.zeros(0, dtype=np.int64)
+        return self.a._start()
 
-    def _feed(self, state, ids: np.ndarray):
-        cache, window = state
-        cache, la = self.a._feed(cache, ids)  # (V,)
-        window = np.concatenate([window, np.asarray(ids, dtype=np.int64)])
+    def _feed(self, state, ids: np.ndarray, before: np.ndarray):
+        state, la = self.a._feed(state, ids, before)  # (V,)
+        window = np.concatenate([before, ids.astype(np.int64)])
         lb = self.b.logprobs([window[-self.b.context:]])[0]  # (V,)
-        return (cache, window), self._mix(la, lb)
+        return state, self._mix(la, lb)
 
     def _truncate(self, state, n: int):
-        cache, window = state
-        return self.a._truncate(cache, n), window[:n]
+        return self.a._truncate(state, n)
 
 
 def component_logprobs(pred: Predictor, ds, split: str, positions: int) -> tuple[list, list]:

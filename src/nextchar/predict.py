@@ -108,12 +108,12 @@ def share_windows(contexts: list[np.ndarray]) -> np.ndarray:
     return owner
 
 
-def prev_ids(cfg: ModelConfig, fed: np.ndarray) -> np.ndarray | None:
+def prev_ids(cfg: ModelConfig, before: np.ndarray) -> np.ndarray | None:
     """The ids (K,) before the next ones for a model with hashed n-gram inputs (padded), else None."""
     if not cfg.ngram_buckets:
         return None
     K = cfg.ngram_order - 1
-    return np.concatenate([np.full(K, cfg.vocab_size, dtype=np.int64), fed.astype(np.int64)])[-K:]
+    return np.concatenate([np.full(K, cfg.vocab_size, dtype=np.int64), before.astype(np.int64)])[-K:]
 
 
 class Predictor:
@@ -251,8 +251,9 @@ class Predictor:
         """An empty cache."""
         raise NotImplementedError
 
-    def _feed(self, state, ids: np.ndarray):
-        """(state, logprobs (V,) after the last id) with ids (T,) appended to the cache."""
+    def _feed(self, state, ids: np.ndarray, before: np.ndarray):
+        """(state, logprobs (V,) after the last id) with ids (T,) appended to the cache; `before` holds the
+        window's ids already in it (what hashed n-gram inputs and an n-gram part read)."""
         raise NotImplementedError
 
     def _truncate(self, state, n: int):
@@ -288,6 +289,7 @@ class Session:
         self._text: str | None = None  # the prefix the cache holds the window of
         self._anchor = 0
         self._state = None
+        self._ids = np.zeros(0, dtype=np.int64)  # the window's ids in the cache
         self._last: np.ndarray | None = None  # logprobs (V,) after _text
 
     def window(self, prefix: str) -> np.ndarray:
@@ -308,12 +310,14 @@ class Session:
             keep = min(self._common(prefix, a) + 1 - a, n - a - 1)  # at least one id is fed, for its logits
         # A new cache or a truncated copy: if feeding fails, the session still holds its last consistent state.
         state = pred._truncate(self._state, keep) if keep > 0 else pred._start()
-        j = a + max(keep, 0)  # first id to feed, counted in START + prefix
+        before = self._ids[:max(keep, 0)]
+        j = a + len(before)  # first id to feed, counted in START + prefix
         new = pred.vocab.encode(START + prefix if j == 0 else prefix[j - 1:])
-        state, lp = pred._feed(state, new)
+        state, lp = pred._feed(state, new, before)
         self.recomputes += int(keep <= 0)
         self.fed += len(new)
         self._state, self._text, self._anchor, self._last = state, prefix, a, lp
+        self._ids = np.concatenate([before, new.astype(np.int64)])
         return lp.copy()
 
     def _common(self, prefix: str, a: int) -> int:
@@ -382,24 +386,20 @@ class TorchPredictor(Predictor):
             logits = self.model(idx)[0][torch.from_numpy(rows).to(self.device), c]  # (M, V)
         return torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
 
-    # State: (KV cache, the ids fed so far), the ids for a model with hashed n-gram inputs.
     def _start(self):
-        return [], np.zeros(0, dtype=np.int64)
+        return []
 
     @torch.inference_mode()
-    def _feed(self, state, ids: np.ndarray):
-        cache, fed = state
-        tail = prev_ids(self.model.cfg, fed)
+    def _feed(self, state, ids: np.ndarray, before: np.ndarray):
+        tail = prev_ids(self.model.cfg, before)
         prev = None if tail is None else torch.from_numpy(tail)[None].to(self.device)  # (1, K)
         idx = torch.from_numpy(ids.astype(np.int64))[None].to(self.device)  # (1, T)
-        logits, _ = self.model(idx, cache=cache, last_only=True, prev=prev)  # (1, 1, V); cache replaced in place
-        fed = np.concatenate([fed, ids.astype(np.int64)])
-        return (cache, fed), torch.log_softmax(logits[0, 0].float(), dim=-1).cpu().numpy()
+        logits, _ = self.model(idx, cache=state, last_only=True, prev=prev)  # (1, 1, V); state is replaced in place
+        return state, torch.log_softmax(logits[0, 0].float(), dim=-1).cpu().numpy()
 
     @torch.inference_mode()
     def _truncate(self, state, n: int):
-        cache, fed = state
-        return [(k[:, :, :n], v[:, :, :n]) for k, v in cache], fed[:n]  # (1, H, n, Dh) each
+        return [(k[:, :, :n], v[:, :, :n]) for k, v in state]  # (1, H, n, Dh) each
 
 
 class NGramPredictor(Predictor):
