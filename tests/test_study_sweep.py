@@ -1,57 +1,20 @@
-"""Architecture study: grid validation, a resumable tiny sweep, and a report that regenerates identically."""
+"""Study sweep: a resumable tiny sweep whose points are run directories, and the report written from it."""
 
 import csv
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from test_study_grid import ARGS, TINY_GRID, write
 from typer.testing import CliRunner
 
 from nextchar import checkpoint
 from nextchar.cli import app
 from nextchar.errors import UserError
-from nextchar.study import (
-    COLUMNS,
-    Row,
-    anomalies,
-    identical,
-    load_grid,
-    pareto,
-    run_study,
-    spearman,
-    write_report,
-)
+from nextchar.study import COLUMNS, run_study, write_report
 
 torch.set_num_threads(1)
-ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
-
-TINY_GRID = """
-title = "tiny"
-variant = "modern"
-
-[defaults]
-"train.eval_positions" = 10
-
-[[config]]
-name = "Tiny Two"
-preset = "tiny"
-founding_top1 = 40.0
-
-[[config]]
-name = "Tiny One"
-preset = "tiny"
-set = { model = { n_layers = 1 } }
-founding_top1 = 30.0
-"""
-# tiny preset: batch 8 x context 32 = 256 characters per step, so 1,024 characters = 4 steps
-ARGS = {"budget_tokens": 1024, "eval_positions": 15, "threads": 1, "dev_evals": 2, "progress": False}
-
-
-def write(path: Path, text: str) -> Path:
-    path.write_text(text, encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +96,7 @@ def test_rerun_trains_nothing_and_report_is_identical(study, tiny_data_dir, monk
     monkeypatch.setattr(nextchar.train, "train", boom)
     monkeypatch.setattr(nextchar.ngram, "train_ngram", boom)
     monkeypatch.setattr(nextchar.evaluate, "eval_run", boom)
-    monkeypatch.setattr("nextchar.study.measure_latency", boom)
+    monkeypatch.setattr("nextchar.study.sweep.measure_latency", boom)
     run_study(grid, tiny_data_dir, out, **ARGS)
     assert ((out / "report.md").read_bytes(), (out / "results.csv").read_bytes()) == before
     write_report(out)
@@ -176,27 +139,6 @@ def test_changed_budget_is_refused(study, tiny_data_dir):
         run_study(grid, tiny_data_dir, out, **{**ARGS, "budget_tokens": 2048})
 
 
-@pytest.mark.parametrize("text,needle", [
-    (TINY_GRID.replace('preset = "tiny"\nfounding_top1 = 40.0', 'preset = "nope"'), "unknown preset 'nope'"),
-    (TINY_GRID.replace("n_layers = 1", "wings = 1"), "unknown model key(s): wings"),
-    (TINY_GRID.replace("founding_top1 = 30.0", "colour = 1"), "unknown key(s) colour"),
-    (TINY_GRID + "\nextra = 1\n", "unknown key(s) extra"),
-    (TINY_GRID.replace('"Tiny One"', '"Tiny Two"'), "duplicate name 'Tiny Two'"),
-    ('title = "empty"\n', "no configurations"),
-    ("title = 'x'\nconfig = []\n", "no configurations"),
-    (TINY_GRID.replace("n_layers = 1", "n_layers = 0"), "n_layers must be >= 1"),
-    (TINY_GRID.replace('"train.eval_positions" = 10', '"train.max_steps" = 10'), "set by the study"),
-    (TINY_GRID.replace('"train.eval_positions"', '"optim.lr"'), "unknown section 'optim'"),
-    ("[[config\n", "not valid TOML"),
-])
-def test_bad_grid_is_one_error_before_training(text, needle, tiny_data_dir, tmp_path):
-    grid = write(tmp_path / "bad.toml", text)
-    with pytest.raises(UserError) as e:
-        run_study(grid, tiny_data_dir, tmp_path / "st", **ARGS)
-    assert needle in str(e.value) and str(e.value).startswith(str(grid))
-    assert not (tmp_path / "st").exists()
-
-
 def test_cli_errors_are_one_line(tiny_data_dir, tmp_path, study):
     grid = write(tmp_path / "bad.toml", TINY_GRID.replace('"Tiny One"', '"Tiny Two"'))
     r = CliRunner().invoke(app, ["study", "run", str(grid), "--data", str(tiny_data_dir), "--out",
@@ -227,41 +169,3 @@ def test_report_recommends_within_constraints(study, tmp_path):
     with pytest.raises(UserError, match="--max-params"):
         write_report(copy, max_params=0)
 
-
-def test_shipped_grids_are_the_founding_table_plus_five():
-    seed_meta, seed = load_grid(ROOT / "configs/study-seed.toml")
-    modern_meta, modern = load_grid(ROOT / "configs/study-modern.toml")
-    assert (seed_meta["variant"], modern_meta["variant"]) == ("seed", "modern")
-    assert len(seed) == len(modern) == 13 and [p.name for p in seed] == [p.name for p in modern]
-    shapes = {p.name: (p.cfg.model.d_model, p.cfg.model.n_layers, p.cfg.model.n_heads, p.cfg.model.d_ff,
-                       p.cfg.model.dropout) for p in seed}
-    assert shapes["12 Layers (Deep)"] == (128, 12, 4, 512, 0.1)
-    assert shapes["Large Embeddings"] == (256, 8, 4, 512, 0.1)
-    assert shapes["Small Model"] == (64, 4, 4, 256, 0.1)
-    assert shapes["12 Layers, 8 Heads"] == (128, 12, 8, 512, 0.1)
-    assert len([p for p in seed if p.founding]) == 8
-    assert all(p.cfg.model.variant == "seed" for p in seed) and all(p.cfg.model.variant == "modern" for p in modern)
-    assert [shapes[p.name] for p in modern] == [(p.cfg.model.d_model, p.cfg.model.n_layers, p.cfg.model.n_heads,
-                                                 p.cfg.model.d_ff, p.cfg.model.dropout) for p in modern]
-
-
-def fake(name: str, params: int, top3: float, seconds: float, d: int = 128) -> Row:
-    return Row(name=name, dir=name, variant="seed", model={"d_model": d, "n_layers": 2, "n_heads": 4, "d_ff": 512,
-               "dropout": 0.1}, params=params, top1=top3 / 2, top3=top3, test_bpc=2.0, dev_loss=1.5,
-               train_seconds=seconds, tokens=1, steps=1, n_test=10_000, langs={}, dev_curve=[], train_curve=[],
-               latency_ms=1.0, device="cpu", threads=1)
-
-
-def test_pareto_anomalies_and_rank_correlation():
-    a, b, c, d = fake("a", 100, 0.50, 10), fake("b", 200, 0.60, 20), fake("c", 300, 0.55, 30), fake("d", 400, 0.70, 5)
-    assert [r.name for r in pareto([a, b, c, d], "params")] == ["a", "b", "d"]
-    assert [r.name for r in pareto([a, b, c, d], "train_seconds")] == ["d"]
-    # c is bigger than b at the same width and 5 points worse (noise ~1.4): flagged against b
-    assert [(x.name, y.name) for x, y in anomalies([a, b, c, d])] == [("c", "b")]
-    assert anomalies([a, b, fake("e", 300, 0.595, 30)]) == []  # within the noise
-    assert anomalies([b, fake("w", 300, 0.50, 30, d=256)]) == []  # another width
-    assert spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
-    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
-    a.langs = b.langs = {"en": {"top1": 0.1, "top3": 0.3, "n": 5}}
-    c.langs = {"en": {"top1": 0.1, "top3": 0.4, "n": 5}}
-    assert identical([a, b, c, d]) == [[a, b]]  # d has no per-language results: never grouped
