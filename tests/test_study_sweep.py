@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 
 import pytest
 import torch
@@ -113,6 +114,19 @@ def test_rerun_trains_nothing_and_report_is_identical(study, tiny_data_dir, monk
     assert [x for x in after if not x.startswith("- **Command**")] == [
         x for x in before[0].decode("utf-8").splitlines() if not x.startswith("- **Command**")]
     assert "; then `nextchar study run" in after[2]  # the study records every distinct command
+
+
+def test_report_reads_only_the_study_files(study, tmp_path):
+    _, out = study
+    small = tmp_path / "small"  # what results.py lists: no checkpoints, weights, configs or vocabularies
+    for f in [out / "study.json", *out.glob("*/result.json"), *out.glob("*/eval_test.json"),
+              *out.glob("*/latency.json"), *out.glob("*/metrics.jsonl")]:
+        (small / f.relative_to(out)).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, small / f.relative_to(out))
+    assert len(list(small.rglob("*"))) == 1 + 3 + 3 * 3 + 2  # study.json, 3 folders, their files, 2 curves
+    write_report(small)
+    for name in ("report.md", "results.csv"):
+        assert (small / name).read_bytes() == (out / name).read_bytes(), name
 
 
 def test_interrupted_point_resumes_from_its_checkpoint(tiny_data_dir, tmp_path, fail_at_batch, capsys):

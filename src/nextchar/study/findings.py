@@ -116,6 +116,8 @@ def identical(rows: list[Row]) -> list[list[Row]]:
 def loss_path(r: Row) -> str:
     """Training loss early (a tenth into the budget) and late (mean of the last fifth), e.g. '4.93 → 3.74'."""
     c = r.train_curve
+    if not c and not r.dev_curve:
+        return "not in the study folder"  # no metrics.jsonl: a study kept without its curves
     if len(c) < 5:
         return "not logged"
     early = c[max(0, len(c) // 10 - 1)][1]

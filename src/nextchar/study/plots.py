@@ -20,15 +20,20 @@ def _save(fig: Any, path: Path) -> None:
 
 
 def write_plots(folder: Path, rows: list[Row], langs: list[str]) -> None:
+    """FOLDER/*.png: top-3 against parameters and training time, learning curves, languages, anomalies."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never a window
     import matplotlib.pyplot as plt
 
     folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("anomaly-*.png"):
-        old.unlink()  # anomalies of an earlier report may be gone
     tf = [r for r in rows if not r.is_ngram]
+    # A study folder without loss curves (docs/studies/cpu-300k kept only its results) has nothing for the curve
+    # plots: the ones it holds are left as they are rather than redrawn as empty axes.
+    curves = any(r.train_curve or r.dev_curve for r in tf)
+    if curves:
+        for old in folder.glob("anomaly-*.png"):
+            old.unlink()  # anomalies of an earlier report may be gone
     ng = next((r for r in rows if r.is_ngram), None)
     names = sorted({r.name for r in tf})
     cmap = plt.get_cmap("tab20")
@@ -62,6 +67,35 @@ def write_plots(folder: Path, rows: list[Row], langs: list[str]) -> None:
         _save(fig, folder / fname)
         plt.close(fig)
 
+    if curves:
+        _learning_curves(plt, folder, tf, ng, color)
+
+    ordered = by_accuracy(rows)
+    lang_order = sorted(langs, key=lambda lang: (-statistics.mean(r.langs[lang]["top3"] for r in rows
+                                                                  if lang in r.langs), lang))
+    grid = [[100 * r.langs[lang]["top3"] if lang in r.langs else math.nan for lang in lang_order] for r in ordered]
+    fig, ax = plt.subplots(figsize=(0.5 * len(lang_order) + 4, 0.34 * len(ordered) + 1.8))
+    im = ax.imshow(grid, aspect="auto", cmap="viridis")
+    ax.set_xticks(range(len(lang_order)), lang_order)
+    ax.set_yticks(range(len(ordered)), [r.name if r.is_ngram else f"{r.name} ({r.variant})" for r in ordered],
+                  fontsize=7)
+    for i, row in enumerate(grid):
+        for k, v in enumerate(row):
+            if not math.isnan(v):
+                ax.text(k, i, f"{v:.0f}", ha="center", va="center", fontsize=6,
+                        color="white" if v < (min(map(min, grid)) + max(map(max, grid))) / 2 else "black")
+    ax.set_xlabel("language (sorted by mean top-3)")
+    ax.set_title("Test top-3 accuracy (%) per language")
+    fig.colorbar(im, ax=ax, label="top-3 accuracy (%)")
+    _save(fig, folder / "language_heatmap.png")
+    plt.close(fig)
+
+    if curves:
+        _anomaly_plots(plt, folder, tf)
+
+
+def _learning_curves(plt: Any, folder: Path, tf: list[Row], ng: Row | None, color: dict[str, Any]) -> None:
+    """learning_curves.png: dev loss (solid) and training loss (dotted) against characters seen, per recipe."""
     variants = [v for v in ("seed", "modern") if any(r.variant == v for r in tf)]
     fig, axes = plt.subplots(1, max(1, len(variants)), figsize=(7 * max(1, len(variants)), 5.5), sharey=True,
                              squeeze=False)
@@ -90,26 +124,9 @@ def write_plots(folder: Path, rows: list[Row], langs: list[str]) -> None:
     _save(fig, folder / "learning_curves.png")
     plt.close(fig)
 
-    ordered = by_accuracy(rows)
-    lang_order = sorted(langs, key=lambda lang: (-statistics.mean(r.langs[lang]["top3"] for r in rows
-                                                                  if lang in r.langs), lang))
-    grid = [[100 * r.langs[lang]["top3"] if lang in r.langs else math.nan for lang in lang_order] for r in ordered]
-    fig, ax = plt.subplots(figsize=(0.5 * len(lang_order) + 4, 0.34 * len(ordered) + 1.8))
-    im = ax.imshow(grid, aspect="auto", cmap="viridis")
-    ax.set_xticks(range(len(lang_order)), lang_order)
-    ax.set_yticks(range(len(ordered)), [r.name if r.is_ngram else f"{r.name} ({r.variant})" for r in ordered],
-                  fontsize=7)
-    for i, row in enumerate(grid):
-        for k, v in enumerate(row):
-            if not math.isnan(v):
-                ax.text(k, i, f"{v:.0f}", ha="center", va="center", fontsize=6,
-                        color="white" if v < (min(map(min, grid)) + max(map(max, grid))) / 2 else "black")
-    ax.set_xlabel("language (sorted by mean top-3)")
-    ax.set_title("Test top-3 accuracy (%) per language")
-    fig.colorbar(im, ax=ax, label="top-3 accuracy (%)")
-    _save(fig, folder / "language_heatmap.png")
-    plt.close(fig)
 
+def _anomaly_plots(plt: Any, folder: Path, tf: list[Row]) -> None:
+    """anomaly-<dir>.png: the loss curves of each larger configuration next to the smaller one that beats it."""
     for a, b in anomalies(tf):
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for r, c in ((a, "tab:red"), (b, "tab:blue")):
