@@ -1,0 +1,199 @@
+"""Word completion: the beam's answers against exhaustive search, probabilities as products of steps, the word rule."""
+
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from nextchar.adapt import AdaptiveSession
+from nextchar.complete import (
+    Completer,
+    CompletionConfig,
+    complete,
+    complete_file,
+    current_word,
+    is_no_space_char,
+    is_word_char,
+)
+from nextchar.errors import UserError
+from nextchar.predict import Predictor, context_ids
+from nextchar.vocab import Vocab
+
+torch.set_num_threads(1)
+
+
+class ToyPredictor(Predictor):
+    """Fixed pseudo-random distributions, a function of the last ids only: small enough to search exhaustively."""
+
+    def __init__(self, chars: str = "\n .'abc", context: int = 3, seed: int = 0):
+        self.vocab = Vocab(["<unk>"] + list(chars))
+        self.context = context
+        self.run_id = "toy"
+        self.seed = seed
+        self.calls = 0
+
+    def logprobs(self, contexts):
+        self.calls += 1
+        out = np.empty((len(contexts), self.vocab.size))
+        for i, c in enumerate(contexts):
+            rng = np.random.default_rng([self.seed, *(int(x) + 1 for x in c)])
+            p = rng.dirichlet(np.full(self.vocab.size, 0.7))
+            out[i] = np.log(p)
+        return out
+
+
+def step_logprob(pred, text: str, char_ids) -> float:
+    """log P(next id in char_ids | text) straight from the predictor."""
+    lp = pred.logprobs([context_ids(pred.vocab, text, pred.context)])[0]
+    return float(np.logaddexp.reduce(lp[list(char_ids)]))
+
+
+def exhaustive(pred, prefix: str, max_chars: int) -> list[tuple[str, float]]:
+    """Every completion over the toy's word characters up to max_chars, with its probability, best first."""
+    letters = [c for c in pred.vocab.chars[1:] if is_word_char(c)]
+    ends = [i for i, c in enumerate(pred.vocab.chars) if i > 0 and not is_word_char(c)]
+    out = []
+    for n in range(1, max_chars + 1):
+        for word in itertools.product(letters, repeat=n):
+            s = "".join(word)
+            lp = sum(step_logprob(pred, prefix + s[:j], [pred.vocab.stoi[s[j]]]) for j in range(n))
+            out.append((s, math.exp(lp + step_logprob(pred, prefix + s, ends))))
+    return sorted(out, key=lambda t: (-t[1], t[0]))
+
+
+@pytest.mark.parametrize("prefix", ["", "ab", "c a", "b.", "ca'"])
+def test_wide_beam_is_the_exhaustive_top_k(prefix):
+    pred = ToyPredictor()
+    want = exhaustive(pred, prefix, 4)[:5]
+    got = complete(pred, prefix, 5, config=CompletionConfig(beam=81, max_chars=4))
+    assert [s for s, _ in got] == [s for s, _ in want]
+    np.testing.assert_allclose([q for _, q in got], [q for _, q in want], rtol=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_probability_is_the_product_of_step_probabilities_and_the_end(seed):
+    pred = ToyPredictor(seed=seed)
+    ends = [i for i, c in enumerate(pred.vocab.chars) if i > 0 and not is_word_char(c)]
+    got = complete(pred, "ab", 3, config=CompletionConfig(beam=2, max_chars=6))
+    assert len(got) == 3 and [q for _, q in got] == sorted((q for _, q in got), reverse=True)
+    for s, q in got:
+        lp = sum(step_logprob(pred, "ab" + s[:j], [pred.vocab.stoi[s[j]]]) for j in range(len(s)))
+        assert q == pytest.approx(math.exp(lp + step_logprob(pred, "ab" + s, ends)), rel=1e-9)
+
+
+def test_top_completion_of_a_narrow_beam_is_never_better_than_exhaustive():
+    for seed in range(10):
+        pred = ToyPredictor(seed=seed)
+        best = exhaustive(pred, "a", 3)[0]
+        got = complete(pred, "a", 1, config=CompletionConfig(beam=1, max_chars=3))[0]
+        assert got[1] <= best[1] * (1 + 1e-9)
+
+
+def test_one_logprobs_call_per_step_and_the_memo_answers_a_repeat():
+    pred = ToyPredictor()
+    c = Completer(pred, CompletionConfig(beam=4, max_chars=5))
+    first = c.complete("ab", 3)
+    assert pred.calls <= 6  # the empty hypothesis + at most one call per added character
+    calls = pred.calls
+    assert c.complete("ab", 3) == first and pred.calls == calls  # all from the memo
+    # typing the first character of a completion: the tree under it is already known, results unchanged
+    again = c.complete("ab" + first[0][0][0], 3)
+    assert again == complete(pred, "ab" + first[0][0][0], 3, config=c.config)
+
+
+def test_word_rule():
+    assert current_word("Hello wor") == "wor" and current_word("Hello ") == "" and current_word("") == ""
+    assert current_word("don'") == "" and current_word("co-op") == "op"
+    assert current_word("שלום עול") == "עול" and current_word("नमस्ते") == "नमस्ते"  # marks stay in the word
+    assert current_word("می\u200cخو") == "می\u200cخو"  # zero-width non-joiner inside a Persian word
+    assert not any(is_word_char(c) for c in " .,;'’-\n\t😀")
+    assert is_no_space_char("北") and is_no_space_char("か") and is_no_space_char("ก")
+    assert not is_no_space_char("a") and not is_no_space_char("한") and not is_no_space_char("。")
+
+
+def test_no_space_scripts_end_after_max_run():
+    pred = ToyPredictor(chars="\n 。北京是中国")
+    got = complete(pred, "北", 10, config=CompletionConfig(beam=50, max_run=2))
+    assert got and all(1 <= len(s) <= 2 for s, _ in got)
+    # a two-character run is scored by its characters alone
+    two = [(s, q) for s, q in got if len(s) == 2][0]
+    lp = step_logprob(pred, "北", [pred.vocab.stoi[two[0][0]]]) + step_logprob(pred, "北" + two[0][0],
+                                                                               [pred.vocab.stoi[two[0][1]]])
+    assert two[1] == pytest.approx(math.exp(lp), rel=1e-9)
+
+
+def test_bad_arguments():
+    pred = ToyPredictor()
+    with pytest.raises(UserError, match="-k 0"):
+        complete(pred, "a", 0)
+    with pytest.raises(UserError, match="beam 0"):
+        CompletionConfig(beam=0)
+    with pytest.raises(UserError, match="min_prob"):
+        CompletionConfig(min_prob=1.0)
+
+
+def test_min_prob_drops_unlikely_completions():
+    pred = ToyPredictor()
+    all_ = complete(pred, "a", 10, config=CompletionConfig(beam=20, max_chars=3))
+    cut = all_[4][1]
+    got = complete(pred, "a", 10, config=CompletionConfig(beam=20, max_chars=3, min_prob=cut))
+    assert got == [(s, q) for s, q in all_ if q > cut]
+
+
+# ------------------------------------------------------------------------------- a real (tiny) model
+
+
+@pytest.fixture(scope="module")
+def pred(tiny_run):
+    return Predictor.load(tiny_run)
+
+
+def test_real_model_completions_are_word_characters_and_distinct(pred):
+    for prefix in ["", "Hello wor", "The quick brown ", "Привет, ми", "שלום עול", "ঢাকা বাংলা", "北京是中", "\U0001F600 "]:
+        got = complete(pred, prefix, 3)
+        assert 1 <= len(got) <= 3 and len({s for s, _ in got}) == len(got)
+        assert all(s and all(is_word_char(c) for c in s) for s, _ in got)
+        assert all(0 < q <= 1 for _, q in got) and [q for _, q in got] == sorted((q for _, q in got), reverse=True)
+
+
+def test_real_model_probability_is_the_product_of_steps(pred):
+    ends = [i for i, c in enumerate(pred.vocab.chars) if not pred.vocab.is_special(i) and not is_word_char(c)]
+    for s, q in complete(pred, "The quick brown fox ju", 3):
+        text = "The quick brown fox ju"
+        lp = sum(step_logprob(pred, text + s[:j], [pred.vocab.stoi[s[j]]]) for j in range(len(s)))
+        assert q == pytest.approx(math.exp(lp + step_logprob(pred, text + s, ends)), rel=1e-4)
+
+
+def test_adapted_completion_learns_a_new_word(pred):
+    s = AdaptiveSession(pred)
+    before = dict(complete(pred, "Say hello to Zorblax and Zorb", 3))
+    for _ in range(3):
+        s.observe("Say hello to Zorblax and Zorblax. ")
+    after = complete(pred, "Say hello to Zorblax and Zorb", 3, session=s)
+    assert "lax" not in before and after[0][0] == "lax"
+    # the adapted probability is the product of the session's adapted step probabilities
+    ends = [i for i, c in enumerate(pred.vocab.chars) if not pred.vocab.is_special(i) and not is_word_char(c)]
+    text, want = "Say hello to Zorblax and Zorb", 1.0
+    for c in "lax":
+        want *= s.dist(text)[pred.vocab.stoi[c]]
+        text += c
+    assert after[0][1] == pytest.approx(want * s.dist(text)[ends].sum(), rel=1e-5)
+
+
+def test_file_mode(pred, tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_text("Hello wor\n\nשלום עול\r\n", encoding="utf-8")
+    out = tmp_path / "out.txt"
+    assert complete_file(pred, src, out, k=2) == 3
+    lines = out.read_text(encoding="utf-8").split("\n")
+    assert lines[-1] == "" and len(lines) == 4
+    assert lines[0].split("\t") == [s for s, _ in complete(pred, "Hello wor", 2)]
+    assert lines[2].split("\t") == [s for s, _ in complete(pred, "שלום עול", 2)]
+    assert complete_file(pred, src, out, k=2, as_json=True) == 3
+    rows = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
+    assert rows[1]["prefix"] == "" and rows[1]["completions"] == [s for s, _ in complete(pred, "", 2)]
+    with pytest.raises(UserError, match="cannot read"):
+        complete_file(pred, tmp_path / "missing.txt", out)
