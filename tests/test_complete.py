@@ -197,3 +197,70 @@ def test_file_mode(pred, tmp_path):
     assert rows[1]["prefix"] == "" and rows[1]["completions"] == [s for s, _ in complete(pred, "", 2)]
     with pytest.raises(UserError, match="cannot read"):
         complete_file(pred, tmp_path / "missing.txt", out)
+
+
+def test_long_prefix_equals_its_tail(pred):
+    long = "The quick brown fox jumps over the lazy dog. " * 30 + "The qu"
+    assert complete(pred, long, 3) == complete(pred, long[-pred.context:], 3)
+
+
+# ------------------------------------------------------------------------------- CLI and HTTP
+
+
+def test_cli_prefix_and_file_mode(tiny_run, pred, tmp_path):
+    from typer.testing import CliRunner
+
+    from nextchar.cli import app
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["complete", "--run", str(tiny_run), "-k", "2", "Hello wor"])
+    assert r.exit_code == 0, r.output
+    want = complete(pred, "Hello wor", 2)
+    assert [ln.split("\t")[0] for ln in r.output.splitlines()] == [s for s, _ in want]
+    src, out = tmp_path / "p.txt", tmp_path / "c.txt"
+    src.write_text("Hello wor\nשלום עול\n", encoding="utf-8")
+    r = runner.invoke(app, ["complete", "--run", str(tiny_run), "--input", str(src), "--output", str(out)])
+    assert r.exit_code == 0, r.output
+    assert out.read_text(encoding="utf-8").splitlines()[1].split("\t") == [s for s, _ in complete(pred, "שלום עול")]
+    for args, says in [([], "give either"), (["--input", str(src)], "--input needs --output"),
+                       (["-k", "0", "a"], "-k 0"), (["--beam", "0", "a"], "beam 0")]:
+        r = runner.invoke(app, ["complete", "--run", str(tiny_run), *args])
+        assert r.exit_code == 2 and says in r.output, r.output
+
+
+def test_http_complete(pred):
+    from fastapi.testclient import TestClient
+
+    from nextchar.serve import create_app
+
+    with TestClient(create_app(pred), raise_server_exceptions=True) as client:
+        for prefix, k in [("Hello wor", 3), ("", 1), ("שלום עול", 10), ("北京是", 2)]:
+            r = client.post("/v1/complete", json={"prefix": prefix, "k": k})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["model"] == pred.run_id and body["adapted"] is False
+            got = [(c["text"], c["prob"]) for c in body["completions"]]
+            want = complete(pred, prefix, k)
+            assert [t for t, _ in got] == [t for t, _ in want]
+            np.testing.assert_allclose([q for _, q in got], [q for _, q in want], rtol=1e-4, atol=1e-6)
+        assert len(client.post("/v1/complete", json={"prefix": "a"}).json()["completions"]) <= 3
+        for body, says in [({"prefix": "a", "k": 0}, "k"), ({"prefix": "a", "k": 11}, "k"), ({"k": 3}, "prefix"),
+                           ({"prefix": 3}, "prefix"), ({"prefix": "a", "session": "bad id!"}, "session"),
+                           ({"prefix": "a", "extra": 1}, "extra")]:
+            r = client.post("/v1/complete", json=body)
+            assert r.status_code == 422 and says in r.json()["error"], r.text
+        r = client.post("/v1/complete", content=b'{"prefix": "' + b"a" * 70_000 + b'"}',
+                        headers={"content-type": "application/json"})
+        assert r.status_code == 413
+        # a session's text adapts its completions, and only its own
+        for _ in range(3):
+            client.post("/v1/session/observe", json={"session": "s1", "text": "Say hello to Zorblax and Zorblax. "})
+        prefix = "Say hello to Zorblax and Zorb"
+        r = client.post("/v1/complete", json={"prefix": prefix, "session": "s1"}).json()
+        assert r["adapted"] is True and r["completions"][0]["text"] == "lax"
+        r2 = client.post("/v1/complete", json={"prefix": prefix, "session": "s2"}).json()
+        fresh = complete(pred, prefix, 3, session=AdaptiveSession(pred))  # s2 knows only its prefix
+        assert [c["text"] for c in r2["completions"]] == [t for t, _ in fresh]
+        np.testing.assert_allclose([c["prob"] for c in r2["completions"]], [q for _, q in fresh], rtol=1e-4)
+        assert r["completions"][0]["prob"] > r2["completions"][0]["prob"] + 0.05
+        assert "/v1/complete" in client.get("/openapi.json").json()["paths"]

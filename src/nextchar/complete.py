@@ -185,6 +185,10 @@ class Completer:
         if k < 1:
             raise UserError(f"-k {k}: must be at least 1")
         cfg, ids = self.config, self.ids
+        # the model reads the last `context` ids and a session's cache its last max_text characters: the rest of
+        # a long prefix changes nothing, and dropping it keeps every prefix + hypothesis string short
+        keep = self.pred.context if session is None else max(self.pred.context, session.max_text)
+        prefix = prefix[-keep:]
         floor = np.log(cfg.min_prob) if cfg.min_prob > 0 else -np.inf
         finished: list[tuple[float, str]] = []  # (log-probability, completion), the best k so far
         texts, logp, runs = [""], np.zeros(1), np.zeros(1, dtype=np.int64)  # the frontier: hypotheses to expand
