@@ -161,7 +161,7 @@ def test_real_model_completions_are_word_characters_and_distinct(pred):
 
 def test_real_model_probability_is_the_product_of_steps(pred):
     ends = [i for i, c in enumerate(pred.vocab.chars) if not pred.vocab.is_special(i) and not is_word_char(c)]
-    for s, q in complete(pred, "The quick brown fox ju", 3):
+    for s, q in complete(pred, "The quick brown fox ju", 3, config=CompletionConfig(incremental=False)):
         text = "The quick brown fox ju"
         lp = sum(step_logprob(pred, text + s[:j], [pred.vocab.stoi[s[j]]]) for j in range(len(s)))
         assert q == pytest.approx(math.exp(lp + step_logprob(pred, text + s, ends)), rel=1e-4)
@@ -169,10 +169,11 @@ def test_real_model_probability_is_the_product_of_steps(pred):
 
 def test_adapted_completion_learns_a_new_word(pred):
     s = AdaptiveSession(pred)
-    before = dict(complete(pred, "Say hello to Zorblax and Zorb", 3))
+    plain = CompletionConfig(incremental=False)  # the exact last-context windows of s.dist
+    before = dict(complete(pred, "Say hello to Zorblax and Zorb", 3, config=plain))
     for _ in range(3):
         s.observe("Say hello to Zorblax and Zorblax. ")
-    after = complete(pred, "Say hello to Zorblax and Zorb", 3, session=s)
+    after = complete(pred, "Say hello to Zorblax and Zorb", 3, session=s, config=plain)
     assert "lax" not in before and after[0][0] == "lax"
     # the adapted probability is the product of the session's adapted step probabilities
     ends = [i for i, c in enumerate(pred.vocab.chars) if not pred.vocab.is_special(i) and not is_word_char(c)]
@@ -201,7 +202,8 @@ def test_file_mode(pred, tmp_path):
 
 def test_long_prefix_equals_its_tail(pred):
     long = "The quick brown fox jumps over the lazy dog. " * 30 + "The qu"
-    assert complete(pred, long, 3) == complete(pred, long[-pred.context:], 3)
+    plain = CompletionConfig(incremental=False)  # the exact last-context window
+    assert complete(pred, long, 3, config=plain) == complete(pred, long[-pred.context:], 3, config=plain)
 
 
 # ------------------------------------------------------------------------------- CLI and HTTP
@@ -264,3 +266,43 @@ def test_http_complete(pred):
         np.testing.assert_allclose([c["prob"] for c in r2["completions"]], [q for _, q in fresh], rtol=1e-4)
         assert r["completions"][0]["prob"] > r2["completions"][0]["prob"] + 0.05
         assert "/v1/complete" in client.get("/openapi.json").json()["paths"]
+
+
+@pytest.fixture(scope="module", params=["tiny_run", "tiny_hash_run"])
+def any_pred(request):
+    return Predictor.load(request.getfixturevalue(request.param))
+
+
+def test_key_value_cache_path_equals_logprobs_path(any_pred):
+    """Short prefixes: both paths see START + prefix + hypothesis, so the answers agree (float tolerance)."""
+    assert any_pred.incremental
+    cached = Completer(any_pred, CompletionConfig(room=4, max_chars=12))
+    plain = Completer(any_pred, CompletionConfig(incremental=False, max_chars=12))
+    text = "Hello world. The"  # START + text + 12 characters fit the tiny model's context of 32
+    for i in range(len(text) + 1):  # typed on: the cache path reuses the previous keystrokes' trees
+        a, b = cached.complete(text[:i], 3), plain.complete(text[:i], 3)
+        assert [s for s, _ in a] == [s for s, _ in b]
+        np.testing.assert_allclose([q for _, q in a], [q for _, q in b], rtol=1e-4)
+
+
+def test_key_value_cache_path_on_a_long_prefix_sees_its_moving_window(any_pred):
+    """Past the context the prefix's window is the typing session's (context - room ids, moved by stride)."""
+    from nextchar.predict import window_ids
+
+    cfg = CompletionConfig(room=8, stride=4)
+    c = Completer(any_pred, cfg)
+    long = "The quick brown fox jumps over the lazy dog. " * 3 + "The qu"
+    got = c.complete(long, 3)
+    win = window_ids(any_pred.vocab, long, any_pred.context - cfg.room, cfg.stride)
+    ends = [i for i, ch in enumerate(any_pred.vocab.chars) if not any_pred.vocab.is_special(i) and not is_word_char(ch)]
+    for s, q in got:
+        ids = np.concatenate([win, any_pred.vocab.encode(s)])
+        lp = any_pred.logprobs([ids[:len(win) + j] for j in range(len(s) + 1)])  # (len(s) + 1, V)
+        want = sum(lp[j, ids[len(win) + j]] for j in range(len(s))) + np.logaddexp.reduce(lp[-1, ends])
+        assert q == pytest.approx(math.exp(want), rel=1e-4)
+    # typed keystroke by keystroke (caches reused, the window moving twice on the way): the same answer
+    typing = Completer(any_pred, cfg)
+    for i in range(len(long) - 12, len(long) + 1):
+        last = typing.complete(long[:i], 3)
+    assert [s for s, _ in last] == [s for s, _ in got]
+    np.testing.assert_allclose([q for _, q in last], [q for _, q in got], rtol=1e-5)

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from nextchar.errors import UserError
-from nextchar.predict import Predictor, context_ids
+from nextchar.predict import Predictor, context_ids, window_ids
 
 if TYPE_CHECKING:
     from nextchar.adapt import AdaptiveSession
@@ -74,15 +74,15 @@ class CompletionConfig:
     max_chars: int = 20  # longest completion, in characters
     max_run: int = 4  # longest completion in a script without spaces (see the module docstring)
     min_prob: float = 0.0  # hypotheses less likely than this are dropped (0: none)
+    room: int = 16  # ids of context kept free for the hypotheses by a backend with a key/value cache
+    stride: int = 8  # ids the prefix's window moves at once when it is full (key/value cache backends)
+    incremental: bool = True  # use the backend's key/value cache when it has one
 
     def __post_init__(self) -> None:
         problems = []
-        if self.beam < 1:
-            problems.append(f"beam {self.beam}: must be at least 1")
-        if self.max_chars < 1:
-            problems.append(f"max_chars {self.max_chars}: must be at least 1")
-        if self.max_run < 1:
-            problems.append(f"max_run {self.max_run}: must be at least 1")
+        for name in ("beam", "max_chars", "max_run", "room", "stride"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} {getattr(self, name)}: must be at least 1")
         if not 0.0 <= self.min_prob < 1.0:
             problems.append(f"min_prob {self.min_prob}: must be in [0, 1)")
         if problems:
@@ -122,32 +122,68 @@ def logsumexp_rows(x: np.ndarray) -> np.ndarray:
     return safe + np.log(np.exp(x - safe[:, None]).sum(axis=1))
 
 
+def key_of(ids: np.ndarray) -> bytes:
+    """Memo key of a window of ids; the key of ids[:j] is the key's first 4j bytes."""
+    return ids.astype(np.int32).tobytes()
+
+
 class Completer:
     """Word completion for one typing session (or one server): remembers the distributions it computed.
 
-    The memo maps the model's window of ids to its log-distribution, so results never depend on what was
-    asked before, and a keystroke that types the first character of an earlier hypothesis finds most of its
-    search tree computed. Not thread-safe: use one per thread (the server runs it on its model thread).
+    The model sees, for prefix + hypothesis: with `logprobs` only, the last `context` ids (as Predictor.topk);
+    with a backend's key/value cache, the prefix's window as a typing `Session` keeps it (START + the whole
+    prefix while it fits in context - room ids, then a window that moves `stride` ids at a time) followed by
+    the hypothesis, and one batched feed per search step for all hypotheses (Predictor._feed_many).
+    The memo maps each window of ids to its log-distribution (and, for the most recent ones, the backend's
+    cache after it), so results never depend on what was asked before, and a keystroke that types the first
+    character of an earlier hypothesis finds most of its search tree computed.
+    Not thread-safe: use one per thread (the server runs it on its model thread).
     """
 
-    def __init__(self, pred: Predictor, config: CompletionConfig | None = None, memo_size: int = 4096):
+    def __init__(self, pred: Predictor, config: CompletionConfig | None = None, memo_size: int = 4096,
+                 states: int = 256):
         self.pred = pred
         self.config = config or CompletionConfig()
         self.ids = word_ids(pred)
+        self.incremental = bool(pred.incremental and self.config.incremental)
+        if self.incremental and pred.context <= self.config.room:
+            raise UserError(f"completion room {self.config.room}: must be below the model's context ({pred.context})")
         self.memo_size = memo_size
+        self.max_states = states
         self._memo: collections.OrderedDict[bytes, np.ndarray] = collections.OrderedDict()
+        self._states: collections.OrderedDict[bytes, object] = collections.OrderedDict()
         self.computed = 0  # distributions computed by the model (the rest came from the memo)
+        self.calls = 0  # model calls
 
     def clear(self) -> None:
         self._memo.clear()
+        self._states.clear()
 
     # -- distributions -----------------------------------------------------------------------------
-    def _model_logprobs(self, texts: list[str]) -> np.ndarray:
-        """(N, V) model log-distributions after each text, from the memo or one batched logprobs call."""
+    def _window(self, prefix: str) -> np.ndarray:
+        """The ids the model sees before the hypotheses: the root of the search."""
         pred = self.pred
-        ctx = [context_ids(pred.vocab, t, pred.context) for t in texts]
-        keys = [c.astype(np.int32).tobytes() for c in ctx]
-        out = np.empty((len(texts), pred.vocab.size))  # (N, V)
+        if not self.incremental:
+            return context_ids(pred.vocab, prefix, pred.context)
+        return window_ids(pred.vocab, prefix, pred.context - self.config.room, self.config.stride)
+
+    def _remember(self, key: bytes, lp: np.ndarray, state: object = None) -> None:
+        self._memo[key] = lp
+        self._memo.move_to_end(key)
+        while len(self._memo) > self.memo_size:
+            self._memo.popitem(last=False)
+        if state is not None:
+            self._states[key] = state
+            self._states.move_to_end(key)
+            while len(self._states) > self.max_states:
+                self._states.popitem(last=False)
+
+    def _model_logprobs(self, nodes: list[np.ndarray]) -> np.ndarray:
+        """(N, V) model log-distributions after each window of ids: from the memo, else one model call
+        (a batched feed where the parents' caches are at hand)."""
+        pred = self.pred
+        keys = [key_of(n) for n in nodes]
+        out = np.empty((len(nodes), pred.vocab.size))  # (N, V)
         todo: dict[bytes, list[int]] = {}
         for i, key in enumerate(keys):
             hit = self._memo.get(key)
@@ -156,23 +192,49 @@ class Completer:
                 out[i] = hit
             else:
                 todo.setdefault(key, []).append(i)
-        if todo:
-            rows = [v[0] for v in todo.values()]
-            lp = pred.logprobs([ctx[i] for i in rows])  # (M, V)
-            self.computed += len(rows)
-            for (key, idx), row in zip(todo.items(), lp):
-                out[idx] = row
-                self._memo[key] = row.copy()  # not a view: the batch's array is freed
-            while len(self._memo) > self.memo_size:
-                self._memo.popitem(last=False)
+        if not todo:
+            return out
+        first = [v[0] for v in todo.values()]
+        self.computed += len(first)
+        if not self.incremental:
+            self.calls += 1
+            for key, lp in zip(todo, pred.logprobs([nodes[i] for i in first])):
+                self._remember(key, lp.copy())  # not a view: the batch's array is freed
+        else:
+            batch = [i for i in first if len(nodes[i]) > 1 and keys[i][:-4] in self._states]
+            if batch:
+                self.calls += 1
+                parents = [self._states[keys[i][:-4]] for i in batch]
+                states, lps = pred._feed_many(parents, np.array([nodes[i][-1] for i in batch]),
+                                              [nodes[i][:-1] for i in batch])
+                for i, st, lp in zip(batch, states, lps):
+                    self._remember(keys[i], lp.copy(), st)
+            for i in sorted(set(first) - set(batch)):  # no parent cache: feed from the longest cached ancestor
+                self.calls += 1
+                ids, j, state = nodes[i], len(nodes[i]) - 1, None
+                while j > 0 and state is None:
+                    state = self._states.get(keys[i][:4 * j])
+                    j -= state is None
+                state = pred._truncate(state, j) if state is not None else pred._start()
+                state, lp = pred._feed(state, ids[j:].astype(np.int64), ids[:j].astype(np.int64))
+                self._remember(keys[i], lp.copy(), state)
+        for key, idx in todo.items():
+            out[idx] = self._memo[key]
         return out
 
-    def _logprobs(self, texts: list[str], session: AdaptiveSession | None) -> np.ndarray:
-        lp = self._model_logprobs(texts)  # (N, V)
+    def _logprobs(self, prefix: str, root: np.ndarray, paths: list[str], session: AdaptiveSession | None
+                  ) -> np.ndarray:
+        """(N, V) log-distributions after prefix + each path (adapted to the session when given)."""
+        vocab = self.pred.vocab
+        if self.incremental:
+            nodes = [np.concatenate([root, vocab.encode(s)]) for s in paths]
+        else:
+            nodes = [context_ids(vocab, prefix + s, self.pred.context) for s in paths]
+        lp = self._model_logprobs(nodes)  # (N, V)
         if session is None:
             return lp
         with np.errstate(divide="ignore"):
-            return np.log(session.dist_batch(texts, np.exp(lp)))  # (N, V)
+            return np.log(session.dist_batch([prefix + s for s in paths], np.exp(lp)))  # (N, V)
 
     # -- the search --------------------------------------------------------------------------------
     def complete(self, prefix: str, k: int = 3, session: AdaptiveSession | None = None) -> list[tuple[str, float]]:
@@ -188,19 +250,22 @@ class Completer:
         # the model reads the last `context` ids and a session's cache its last max_text characters: the rest of
         # a long prefix changes nothing, and dropping it keeps every prefix + hypothesis string short
         keep = self.pred.context if session is None else max(self.pred.context, session.max_text)
-        prefix = prefix[-keep:]
+        drop = max(0, len(prefix) - keep)
+        prefix = prefix[drop - drop % cfg.stride:]  # whole strides, so a moving window keeps its place
+        root = self._window(prefix)
+        max_chars = cfg.max_chars if not self.incremental else min(cfg.max_chars, self.pred.context - len(root))
         floor = np.log(cfg.min_prob) if cfg.min_prob > 0 else -np.inf
         finished: list[tuple[float, str]] = []  # (log-probability, completion), the best k so far
         texts, logp, runs = [""], np.zeros(1), np.zeros(1, dtype=np.int64)  # the frontier: hypotheses to expand
         while texts:
-            lp = self._logprobs([prefix + s for s in texts], session)  # (N, V)
+            lp = self._logprobs(prefix, root, texts, session)  # (N, V)
             ends = logp + logsumexp_rows(lp[:, ids.end])  # (N,) the word ends after each hypothesis
             for s, e in zip(texts, ends.tolist()):
                 if s and e > floor:
                     finished.append((e, s))
             finished = sorted(finished, key=lambda t: (-t[0], t[1]))[:k]
             bar = max(floor, finished[-1][0]) if len(finished) == k else floor
-            if len(texts[0]) >= cfg.max_chars:
+            if len(texts[0]) >= max_chars:
                 break
             ext = logp[:, None] + lp[:, ids.word]  # (N, W) one more word character
             n = min(cfg.beam, int((ext > bar).sum()))
