@@ -148,6 +148,38 @@ def predict(
         typer.echo(f"{show(ch)}\t{p:.4f}")
 
 
+@app.command()
+@friendly
+def complete(
+    prefix: Annotated[str | None, typer.Argument(help="Text typed so far.")] = None,
+    run: Annotated[Path | None, typer.Option(help="Run directory (default: the model shipped with nextchar).")] = None,
+    k: Annotated[int, typer.Option("-k", help="How many completions.")] = 3,
+    input: Annotated[Path | None, typer.Option("--input", help="File of prefixes, one per line.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", help="Where file mode writes tab-separated completions per line.")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="File mode writes JSON lines with probabilities.")] = False,
+    beam: Annotated[int, typer.Option(help="Hypotheses kept per search step.")] = 4,
+    threads: Threads = 1,
+):
+    """Suggest the k most likely ways to finish the current word (the rest of the word and its probability)."""
+    from nextchar.complete import CompletionConfig, complete_file
+    from nextchar.complete import complete as run_complete
+    from nextchar.predict import Predictor
+
+    threads_option(threads)
+    if (input is None) == (prefix is None):
+        raise UserError("give either a PREFIX argument or --input FILE (with --output FILE)")
+    if input is not None and output is None:
+        raise UserError("--input needs --output FILE")
+    cfg = CompletionConfig(beam=beam)
+    pred = Predictor.load(resolve_run(run))
+    if input is not None:
+        n = complete_file(pred, input, output, k, json_, cfg)
+        typer.echo(f"wrote {n} lines to {output}", err=True)
+        return
+    for rest, p in run_complete(pred, prefix, k, config=cfg):
+        typer.echo(f"{rest}\t{p:.4f}")
+
+
 def show(ch: str) -> str:
     """A suggestion as text a terminal can show: spaces and invisible characters named."""
     return {" ": "<space>"}.get(ch, ch) if ch.isprintable() else f"U+{ord(ch):04X}"

@@ -51,6 +51,11 @@ class MixturePredictor(Predictor):
     def _truncate(self, state, n: int):
         return self.a._truncate(state, n)
 
+    def _feed_many(self, states: list, ids: np.ndarray, befores: list[np.ndarray]) -> tuple[list, np.ndarray]:
+        states, la = self.a._feed_many(states, ids, befores)  # (N, V)
+        windows = [np.append(b, i)[-self.b.context:] for b, i in zip(befores, ids.tolist())]
+        return states, self._mix(la, self.b.logprobs(windows))
+
 
 def component_logprobs(pred: Predictor, ds, split: str, positions: int) -> tuple[list, list]:
     """Log-probabilities and targets per language at the evaluation positions (computed once for tuning)."""

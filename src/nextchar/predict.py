@@ -261,6 +261,17 @@ class Predictor:
         object, or `state` itself when `_feed` never changes its argument."""
         raise NotImplementedError
 
+    def _feed_many(self, states: list, ids: np.ndarray, befores: list[np.ndarray]) -> tuple[list, np.ndarray]:
+        """One new id per cache: (new states, logprobs (N, V)) for ids (N,) fed after states[i], whose window
+        holds befores[i]. The given states are left as they were (word completion branches from them). Backends
+        that can batch it override this loop; all states then hold the same number of ids."""
+        out, rows = [], []
+        for st, i, b in zip(states, ids.tolist(), befores):
+            st, lp = self._feed(self._truncate(st, len(b)), np.array([i], dtype=np.int64), b)
+            out.append(st)
+            rows.append(lp)
+        return out, np.stack(rows) if rows else np.zeros((0, self.vocab.size), dtype=np.float32)
+
 
 class Session:
     """One typing session: per keystroke the model reads only what changed since the last prefix (KV cache).
@@ -400,6 +411,20 @@ class TorchPredictor(Predictor):
     @torch.inference_mode()
     def _truncate(self, state, n: int):
         return [(k[:, :, :n], v[:, :, :n]) for k, v in state]  # (1, H, n, Dh) each
+
+    @torch.inference_mode()
+    def _feed_many(self, states: list, ids: np.ndarray, befores: list[np.ndarray]) -> tuple[list, np.ndarray]:
+        if len({len(b) for b in befores}) != 1 or not states or not states[0]:
+            return super()._feed_many(states, ids, befores)
+        cache = [(torch.cat([st[layer][0] for st in states]), torch.cat([st[layer][1] for st in states]))
+                 for layer in range(len(states[0]))]  # (N, H, T, Dh) each: one forward for all N
+        prev = None
+        if self.model.cfg.ngram_buckets:
+            prev = torch.from_numpy(np.stack([prev_ids(self.model.cfg, b) for b in befores])).to(self.device)  # (N, K)
+        idx = torch.from_numpy(ids.astype(np.int64))[:, None].to(self.device)  # (N, 1)
+        logits, _ = self.model(idx, cache=cache, last_only=True, prev=prev)  # (N, 1, V)
+        out = [[(k[n:n + 1], v[n:n + 1]) for k, v in cache] for n in range(len(states))]  # views, (1, H, T+1, Dh)
+        return out, torch.log_softmax(logits[:, 0].float(), dim=-1).cpu().numpy()
 
 
 class NGramPredictor(Predictor):

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nextchar.adapt import MAX_SESSIONS, MAX_TEXT, WEIGHTS, AdaptiveSession, SessionStore, Weights, rank
+from nextchar.complete import Completer
 from nextchar.errors import UserError
 from nextchar.predict import Predictor
 
@@ -63,6 +64,12 @@ class BatchRequest(Strict):
     session: SessionId | None = Field(None, description=SESSION_HELP)
 
 
+class CompleteRequest(Strict):
+    prefix: str = Field(description="Text typed so far (any Unicode, may be empty).", examples=["Hello wo"])
+    k: int = Field(3, ge=1, le=MAX_K, description="How many word completions to suggest.")
+    session: SessionId | None = Field(None, description=SESSION_HELP)
+
+
 class ObserveRequest(Strict):
     session: SessionId
     text: str = Field(description="Text the user wrote (e.g. a finished message), remembered for this session.")
@@ -81,6 +88,17 @@ class PredictResponse(BaseModel):
     predictions: list[Prediction] = Field(description="Best first.")
     model: str = Field(description="The run id of the model.")
     adapted: bool = Field(description="Whether a session's cache was mixed in.")
+
+
+class Completion(BaseModel):
+    text: str = Field(description="The rest of the current word (accepting it types this, then a space).")
+    prob: float = Field(description="The model's probability of these characters followed by a word end.")
+
+
+class CompleteResponse(BaseModel):
+    completions: list[Completion] = Field(description="Best first; fewer than k when fewer exist.")
+    model: str
+    adapted: bool
 
 
 class BatchResponse(BaseModel):
@@ -112,6 +130,7 @@ class Job:
     k: int
     session: AdaptiveSession | None
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+    work: Callable[[], Any] | None = None  # run alone on the model thread instead (word completion)
 
 
 class Batcher:
@@ -137,6 +156,13 @@ class Batcher:
         if not prefixes:
             job.future.set_result([])
             return job.future
+        return self._put(job)
+
+    def call(self, work: Callable[[], Any]) -> concurrent.futures.Future:
+        """A future of work() run on the model thread, between batches (it may call the predictor)."""
+        return self._put(Job([], 0, None, work=work))
+
+    def _put(self, job: Job) -> concurrent.futures.Future:
         with self._lock:
             if self._thread is None:  # started on first use, so an app built without a server costs nothing
                 self._thread = threading.Thread(target=self._run, name="nextchar-model", daemon=True)
@@ -156,7 +182,10 @@ class Batcher:
             job = self._jobs.get()
             if job is None:
                 return
-            jobs, rows = [job], len(job.prefixes)
+            if job.work is not None:
+                self._work(job)
+                continue
+            jobs, rows, later = [job], len(job.prefixes), []
             while rows < self.max_rows:
                 try:
                     nxt = self._jobs.get_nowait()
@@ -165,6 +194,9 @@ class Batcher:
                 if nxt is None:
                     self._jobs.put(None)  # finish this batch, then stop
                     break
+                if nxt.work is not None:
+                    later.append(nxt)
+                    continue
                 jobs.append(nxt)
                 rows += len(nxt.prefixes)
             # a request whose client went away was cancelled: skip it; the rest can no longer be cancelled
@@ -188,6 +220,17 @@ class Batcher:
                     j.future.set_result([[{"char": c, "prob": round(p, 6)} for c, p in r] for r in ranked])
                 except BaseException as e:  # noqa: BLE001
                     j.future.set_exception(e)
+            for j in later:
+                self._work(j)
+
+    @staticmethod
+    def _work(job: Job) -> None:
+        if not job.future.set_running_or_notify_cancel():
+            return
+        try:
+            job.future.set_result(job.work())
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting request
+            job.future.set_exception(e)
 
 
 # ------------------------------------------------------------------------------------------ errors
@@ -296,6 +339,7 @@ def create_app(predictor: Predictor | str | Path, backend: str = "torch", max_se
     pred = predictor if isinstance(predictor, Predictor) else Predictor.load(predictor, backend=backend)
     sessions = SessionStore(pred, max_sessions=max_sessions, max_text=max_text, weights=weights)
     batcher = Batcher(pred)
+    completer = Completer(pred)  # used on the model thread only; its memo holds no user text beyond prefixes
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -330,6 +374,14 @@ def create_app(predictor: Predictor | str | Path, backend: str = "torch", max_se
         """One prediction list per prefix (one model call for all of them)."""
         rows = await predictions(req.prefixes, req.k, req.session)
         return JSONResponse({"predictions": rows, "model": pred.run_id, "adapted": req.session is not None})
+
+    @app.post("/v1/complete", response_model=CompleteResponse)
+    async def complete(req: CompleteRequest) -> JSONResponse:
+        """The k most likely ways to finish the current word of `prefix` (see nextchar.complete for the word rule)."""
+        session = sessions.get(req.session) if req.session else None
+        rows = await asyncio.wrap_future(batcher.call(lambda: completer.complete(req.prefix, req.k, session)))
+        return JSONResponse({"completions": [{"text": t, "prob": round(p, 6)} for t, p in rows],
+                             "model": pred.run_id, "adapted": session is not None})
 
     @app.post("/v1/session/observe", response_model=SessionResponse)
     async def observe(req: ObserveRequest) -> dict:
