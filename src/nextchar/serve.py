@@ -22,11 +22,13 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from nextchar import keyboard
 from nextchar.adapt import MAX_SESSIONS, MAX_TEXT, WEIGHTS, AdaptiveSession, SessionStore, Weights, rank
 from nextchar.complete import Completer
 from nextchar.errors import UserError
@@ -110,6 +112,22 @@ class BatchResponse(BaseModel):
 class SessionResponse(BaseModel):
     session: str
     history_chars: int = Field(description="Characters of remembered text (oldest dropped beyond a limit).")
+
+
+class ScriptKeysModel(BaseModel):
+    script: str = Field(description="Unicode script of these letters (\"Latin\", \"Hebrew\", ...).")
+    letters: list[str] = Field(description="Main keys, most frequent first; one case (Shift gives the other).")
+    more: list[str] = Field(description="The script's rarer letters and marks.")
+    punctuation: list[str] = Field(description="Symbols that most often follow this script's letters.")
+    symbols: list[str] = Field(description="Digits, then every other symbol, most used first.")
+
+
+class KeysResponse(BaseModel):
+    model: str
+    languages: list[str] = Field(description="Language codes the model was trained on (empty if unknown).")
+    max_text: int = Field(description="Characters of text a session remembers (observe keeps the last ones).")
+    max_body: int = Field(description="Largest request body in bytes (larger ones get 413).")
+    scripts: list[ScriptKeysModel] = Field(description="Scripts with more letters first.")
 
 
 class Health(BaseModel):
@@ -346,7 +364,7 @@ def create_app(predictor: Predictor | str | Path, backend: str = "torch", max_se
         yield
         batcher.close()
 
-    app = FastAPI(title="nextchar", version="1", lifespan=lifespan,
+    app = FastAPI(title="nextchar", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Ranks the next character of any text in the model's languages. The web keyboard "
                               f"is at `/`. Bodies over {max_body} bytes get 413; malformed requests get 422; "
                               "every error is JSON with an `error` message.")
@@ -400,12 +418,45 @@ def create_app(predictor: Predictor | str | Path, backend: str = "torch", max_se
     def healthz() -> dict:
         return {"status": "ok", "model": pred.run_id, "sessions": len(sessions), "cpu_s": time.process_time()}
 
+    languages = getattr(pred, "languages", None) or ([] if isinstance(predictor, Predictor)
+                                                    else keyboard.run_languages(predictor))
+    layout: list[dict] = []
+    layout_lock = asyncio.Lock()
+
+    @app.get("/v1/keys", response_model=KeysResponse)
+    async def keys() -> JSONResponse:
+        """The web keyboard's keys (the model's characters by script, most frequent first) and the limits a
+        client must respect. Computed on the first request (about a second for the default model)."""
+        async with layout_lock:
+            if not layout:
+                # dist() keeps no state, so this may run beside the model thread
+                layout.extend(keyboard.as_json(await asyncio.to_thread(keyboard.layout, pred)))
+        return JSONResponse({"model": pred.run_id, "languages": languages, "max_text": sessions.max_text,
+                             "max_body": max_body, "scripts": layout})
+
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html; charset=utf-8")
 
+    add_docs(app)
+
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+def add_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs from the swagger-ui-bundle package's files, so the docs work without internet."""
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/docs-assets", StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(openapi_url=root + (app.openapi_url or "/openapi.json"),
+                                   title="nextchar API", swagger_js_url=f"{root}/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{root}/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url=f"{root}/docs-assets/favicon-32x32.png")
 
 
 def bind(host: str, port: int) -> socket.socket:
