@@ -10,7 +10,7 @@ QUICK_MINUTES ?= 12
 QUICK_PRESET ?= quick
 QUICK_THREADS ?= 0
 
-.PHONY: setup browser quickstart test clean
+.PHONY: setup browser axe quickstart test clean
 
 setup: $(VENV)/.installed
 
@@ -25,6 +25,20 @@ browser:
 	  echo "warning: chromium could not be installed; tests/test_browser.py will be skipped"; \
 	fi
 
+axe: node_modules/axe-core/axe.min.js
+
+node_modules/axe-core/axe.min.js: package.json package-lock.json
+	@# tests/test_browser.py injects axe-core into the keyboard page (the accessibility check): npm installs the
+	@# version package-lock.json pins; Node.js and npm come from apt when missing (as root), else the check skips.
+	@if ! command -v npm >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing npm (for the accessibility check)"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null 2>&1 || \
+	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends nodejs npm; } || true; \
+	fi
+	@if command -v npm >/dev/null 2>&1; then npm ci --no-audit --no-fund --loglevel=error && touch $@; \
+	else echo "warning: npm not found; the accessibility check in tests/test_browser.py will be skipped"; fi
+
 $(VENV)/.installed: pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
@@ -34,8 +48,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 quickstart: setup
 	$(PY) -m nextchar quickstart --data $(DATA) --run $(RUN) --preset $(QUICK_PRESET) --minutes $(QUICK_MINUTES) --threads $(QUICK_THREADS)
 
-test: setup browser
+test: setup browser axe
 	$(PY) -m pytest -q
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info
+	rm -rf $(VENV) build src/*.egg-info node_modules test-artifacts

@@ -4,6 +4,7 @@ import asyncio
 import concurrent.futures
 import json
 import random
+import re
 import socket
 
 import httpx
@@ -130,14 +131,18 @@ def test_unknown_paths_and_methods_are_json_errors(client):
 
 def test_health_docs_and_page(client, pred):
     assert client.get("/healthz").json()["model"] == pred.run_id
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "cdn" not in docs.text  # Swagger UI from the server itself
+    assert all(client.get(u).status_code == 200 for u in
+               re.findall(r'(?:src|href)="(/[^"]+)"', docs.text))
     spec = client.get("/openapi.json").json()
     assert {"/v1/predict", "/v1/predict/batch", "/v1/session/observe", "/healthz"} <= set(spec["paths"])
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    assert 'id="text" dir="auto"' in page.text and page.text.count('class="sugg" dir="auto"') == 3
+    assert 'id="text" dir="auto"' in page.text
+    assert page.text.count('class="sugg word"') == 3 and page.text.count('class="sugg char"') == 3
     js = client.get("/static/keyboard.js")
-    assert js.status_code == 200 and "v1/predict" in js.text and "␣" in js.text
+    assert js.status_code == 200 and "v1/predict" in js.text and "v1/complete" in js.text and "␣" in js.text
 
 
 def test_sessions_adapt_independently(client, pred):

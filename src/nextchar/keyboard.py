@@ -11,19 +11,23 @@ import numpy as np
 
 from nextchar.predict import Predictor
 
-# How frequent a character is in text is estimated from the model alone (a run keeps no character counts):
-# per script, the stationary distribution of the second-order Markov chain whose transition from (a, b) to
-# (b, c) is the model's p(c | a b), restricted to that script's letters and the space and renormalized, i.e.
-# the letter frequencies of an endless text the model would write in that script. The pair chain costs
-# |alphabet|^2 model rows, so it runs on the TOP letters of a cheaper first-order chain (p(c | b)); the rest
-# follow in first-order order. With the shipped default model this puts "e a r o i n d s l t u" first for the
-# Latin script (its 18 Latin-script languages mixed) and "о а е и" for Cyrillic; the first-order chain alone
-# put "t" and "h" after "j", "k" and "z" (a one-letter context looks like the start of a text).
+# How frequent a character is in text is estimated from the model alone (a run keeps no character counts).
+# Per script: (1) the first-order chain p(c | b) over the script's letters only (rows renormalized) picks the
+# TOP most frequent letters; (2) the second-order chain over those and the space, whose step from (a, b) to
+# (b, c) is the model's p(c | a b) renormalized, gives the stationary distribution of letter pairs, i.e. of an
+# endless text the model would write in that script; (3) every character's frequency is its probability of
+# coming next after those pairs (the same rows over the whole vocabulary), which orders the letters, decides
+# the main or "more" pane and orders the symbols. The pair chain costs TOP^2 model rows per script, so it
+# runs on the top letters only. With the shipped default model: Latin "e a r i n o d l s t m u g ..." (its 18
+# Latin-script languages mixed), Cyrillic "а о т е и р н м л в с у п", Greek "ο ι ν α ε η τ σ"; the
+# first-order chain alone put "t" and "h" after "j", "k" and "z" (a one-letter context looks like the start
+# of a text).
 TOP = 16  # letters per script that the pair chain orders
 MIN_SCRIPT = 3  # fewer letters than this do not make a keyboard of their own (e.g. "ª", "µ")
 MAIN_SHARE = 0.004  # an accented letter or a mark is on the main pane from this share of its script's letters
 RARE_SHARE = 5e-4  # below this share even a base letter waits on the "more" pane
 PUNCTUATION = 5  # symbols on the main pane's last row
+JOINERS = ("\u200c", "\u200d")  # zero-width non-joiner and joiner: typed inside words (nextchar.complete)
 ITERATIONS = 200  # power iterations; the chains mix within a few dozen
 
 
@@ -75,8 +79,8 @@ def _main_pane(ch: str, share: float) -> bool:
 def layout(pred: Predictor) -> list[ScriptKeys]:
     """Every script of the model's vocabulary with its keys; scripts with more letters first.
 
-    Costs one model call of |vocabulary| one-character contexts and one of TOP^2 two-character contexts per
-    script (about 1 s on one core with the default model: compute it once per model).
+    Costs one model call of the letters as one-character contexts and one of (TOP + 1)^2 two-character
+    contexts per script (1.5 s on one core with the default model, 0.25 s with the tests' tiny one).
     """
     chars = pred.vocab.chars
     stoi = pred.vocab.stoi
@@ -110,6 +114,11 @@ def layout(pred: Predictor) -> list[ScriptKeys]:
         n = len(top)
         second = pred.dist([chars[a] + chars[b] for a in top for b in top])  # (T*T, V): p(next | a b)
         P2 = _restrict(second, top).reshape(n, n, n)  # [a, b, c] = p(c | a b) within the alphabet
+        if space is not None:
+            # no double space: its pair ("  ") carries no memory of the script, and a chain that reaches it
+            # drifts to whatever script the model writes most
+            P2[:, -1, -1] = 0.0
+            P2 /= P2.sum(axis=2, keepdims=True)
         pi2 = np.full((n, n), 1.0 / (n * n))  # (T, T) over pairs (a, b)
         for _ in range(ITERATIONS):
             pi2 = np.einsum("ab,abc->bc", pi2, P2)
@@ -138,7 +147,9 @@ def _symbols(chars: list[str], ids: list[int], weight: np.ndarray) -> tuple[list
     for fam in sorted(families.values(), key=lambda f: -float(weight[f].sum())):
         digits += sorted(fam, key=lambda i: unicodedata.digit(chars[i]))
     rest.sort(key=lambda i: -float(weight[i]))
-    top = [chars[i] for i in rest[:PUNCTUATION]]
+    # the main pane's row: punctuation, symbols and the zero-width (non-)joiners that Persian and Indic words
+    # need, not a variation selector
+    top = [chars[i] for i in rest if unicodedata.category(chars[i])[0] in "PS" or chars[i] in JOINERS][:PUNCTUATION]
     return top, [chars[i] for i in digits + rest]
 
 

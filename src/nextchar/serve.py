@@ -22,9 +22,9 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -364,10 +364,12 @@ def create_app(predictor: Predictor | str | Path, backend: str = "torch", max_se
         yield
         batcher.close()
 
-    app = FastAPI(title="nextchar", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="Ranks the next character of any text in the model's languages. The web keyboard "
-                              f"is at `/`. Bodies over {max_body} bytes get 413; malformed requests get 422; "
-                              "every error is JSON with an `error` message.")
+    # FastAPIOffline: FastAPI whose /docs and /redoc load Swagger UI and ReDoc from files in that package,
+    # not from a CDN, so the docs work without internet
+    app = FastAPIOffline(title="nextchar", version="1", lifespan=lifespan,
+                         description="Ranks the next character of any text in the model's languages. The web "
+                                     f"keyboard is at `/`. Bodies over {max_body} bytes get 413; malformed requests "
+                                     "get 422; every error is JSON with an `error` message.")
     app.state.predictor, app.state.sessions, app.state.batcher = pred, sessions, batcher
     app.add_exception_handler(RequestValidationError, on_validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, on_http_error)  # type: ignore[arg-type]
@@ -426,11 +428,12 @@ def create_app(predictor: Predictor | str | Path, backend: str = "torch", max_se
     @app.get("/v1/keys", response_model=KeysResponse)
     async def keys() -> JSONResponse:
         """The web keyboard's keys (the model's characters by script, most frequent first) and the limits a
-        client must respect. Computed on the first request (about a second for the default model)."""
+        client must respect. Computed on the first request."""
         async with layout_lock:
             if not layout:
-                # dist() keeps no state, so this may run beside the model thread
-                layout.extend(keyboard.as_json(await asyncio.to_thread(keyboard.layout, pred)))
+                # on the model thread, like every use of the predictor (once: about a second for the default model)
+                found = await asyncio.wrap_future(batcher.call(lambda: keyboard.layout(pred)))
+                layout.extend(keyboard.as_json(found))
         return JSONResponse({"model": pred.run_id, "languages": languages, "max_text": sessions.max_text,
                              "max_body": max_body, "scripts": layout})
 
@@ -438,25 +441,8 @@ def create_app(predictor: Predictor | str | Path, backend: str = "torch", max_se
     def index() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html; charset=utf-8")
 
-    add_docs(app)
-
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
-
-
-def add_docs(app: FastAPI) -> None:
-    """Swagger UI at /docs from the swagger-ui-bundle package's files, so the docs work without internet."""
-    from swagger_ui_bundle import swagger_ui_path
-
-    app.mount("/docs-assets", StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
-
-    @app.get("/docs", include_in_schema=False)
-    def docs(request: Request) -> HTMLResponse:
-        root = request.scope.get("root_path", "").rstrip("/")
-        return get_swagger_ui_html(openapi_url=root + (app.openapi_url or "/openapi.json"),
-                                   title="nextchar API", swagger_js_url=f"{root}/docs-assets/swagger-ui-bundle.js",
-                                   swagger_css_url=f"{root}/docs-assets/swagger-ui.css",
-                                   swagger_favicon_url=f"{root}/docs-assets/favicon-32x32.png")
 
 
 def bind(host: str, port: int) -> socket.socket:

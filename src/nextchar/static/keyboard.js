@@ -282,6 +282,7 @@ function saveDraft() {
 
 // After any change of the text or the cursor: keep a copy, follow the script, ask for suggestions.
 function changed() {
+  autoSpace = -1;
   clearTimeout(draftTimer);
   draftTimer = setTimeout(saveDraft, 200);
   followScript();
@@ -306,6 +307,24 @@ function label(ch) {
   return ch;
 }
 
+// Show a character on a button; one shown by a stand-in gets its name for screen readers (the visible text
+// stays part of the name: no aria-label that would differ from what is on the screen).
+function face(el, ch) {
+  const shown = label(ch);
+  el.replaceChildren();
+  if (shown === ch || !ch) {
+    el.textContent = ch;
+    return;
+  }
+  const look = document.createElement("span");
+  look.setAttribute("aria-hidden", "true");
+  look.textContent = shown;
+  const name = document.createElement("span");
+  name.className = "visually-hidden";
+  name.textContent = NAMES[ch] || (/\p{M}/u.test(ch) ? `mark ${ch}` : shown);
+  el.append(look, name);
+}
+
 function percent(p) {
   return (p * 100).toFixed(p < 0.1 ? 1 : 0) + "%";
 }
@@ -318,7 +337,7 @@ function prefixNow() {
 
 // The part of the current word before the cursor (what a completion continues).
 function wordSoFar(prefix) {
-  return prefix.match(/[\p{L}\p{M}\p{N}]*$/u)[0];
+  return prefix.match(/[\p{L}\p{M}\p{N}\u200c\u200d]*$/u)[0]; // nextchar.complete's word characters
 }
 
 function renderChars(preds) {
@@ -326,11 +345,10 @@ function renderChars(preds) {
   charButtons.forEach((b, i) => {
     const s = preds[i];
     b.disabled = !s;
-    b.querySelector(".ch").textContent = s ? label(s.char) : "";
+    face(b.querySelector(".ch"), s ? s.char : "");
     b.querySelector(".prob").textContent = s ? percent(s.prob) : "";
     b.dataset.char = s ? s.char : "";
     b.dir = "auto";
-    b.setAttribute("aria-label", s ? `Type ${NAMES[s.char] || s.char}, ${percent(s.prob)}` : "no suggestion");
   });
   redwell(charButtons);
 }
@@ -355,7 +373,7 @@ function renderWords(items, prefix) {
     b.querySelector(".prob").textContent = s ? percent(s.prob) : "";
     b.dataset.text = s ? s.text : "";
     b.dir = "auto";
-    b.setAttribute("aria-label", s ? `Complete to ${have + s.text}, ${percent(s.prob)}` : "no word suggestion");
+    b.title = s ? `Finish the word as ${have + s.text}` : "";
   });
   redwell(wordButtons);
 }
@@ -367,6 +385,7 @@ async function completions(body, signal) {
   } catch (e) {
     if (e.status === 404 || e.status === 405) { // a server without word completion: characters only
       completeMissing = true;
+      $("words").hidden = true;
       return { completions: [] };
     }
     throw e;
@@ -419,7 +438,7 @@ async function predict(force = false) {
 // A character suggestion types what its button shows, even while the next answer is on its way.
 function acceptChar(slot) {
   const s = shownChars[slot];
-  if (s) replaceSelection(s.char);
+  if (s) typeAfterWord(s.char);
 }
 
 // A word suggestion gives the word its button shows: if letters were typed since it was computed, only the
@@ -434,8 +453,24 @@ function acceptWord(slot) {
   // one selection finishes the word: a space follows unless the completion ends it already, the next
   // character is a space, or the script writes no spaces between words
   const next = text.value.charAt(text.selectionEnd);
-  if (!/[\s\p{P}]$/u.test(s.text) && !/\s/.test(next) && !NO_SPACES.has(currentScript())) t += " ";
+  const spaced = !/[\s\p{P}]$/u.test(s.text) && !/\s/.test(next) && !NO_SPACES.has(currentScript());
+  if (spaced) t += " ";
   if (t) replaceSelection(t);
+  autoSpace = spaced ? text.selectionStart : -1;
+}
+
+// The space a completion added, while the cursor is still right after it: a punctuation mark or a line break
+// typed next takes its place ("hello" + "," gives "hello,"), as nextchar.complete's keystroke count assumes.
+let autoSpace = -1;
+
+function typeAfterWord(s) {
+  const at = autoSpace;
+  autoSpace = -1;
+  if (at > 0 && at === text.selectionStart && at === text.selectionEnd && text.value[at - 1] === " " &&
+      /^(\p{Po}|\p{Pe}|\p{Pf}|\n)$/u.test(s)) {
+    text.setSelectionRange(at - 1, at);
+  }
+  replaceSelection(s);
 }
 
 // ------------------------------------------------------------------------------------------ keys
@@ -479,22 +514,19 @@ function renderKeys() {
     b.className = "key";
     const ch = up && /\p{L}/u.test(c) ? upper(c) : c;
     b.dataset.char = ch;
-    const shown = label(ch);
-    b.textContent = shown;
-    if (Array.from(shown).length > 2) b.classList.add("small");
-    if (shown !== ch) b.setAttribute("aria-label", NAMES[ch] || `mark ${ch}`);
+    face(b, ch);
+    if (Array.from(label(ch)).length > 2) b.classList.add("small");
     b.tabIndex = i === 0 ? 0 : -1; // one tab stop; arrow keys move inside (roving tabindex)
     box.append(b);
   });
   $("more-pane").disabled = !(k && k.more.length);
-  const abc = k ? sortKeys(k.letters.filter((c) => /\p{L}/u.test(c)), lang).slice(0, 3).join("") : "abc";
+  // the letters' button shows the script's first three letters in its alphabet ("abc", "αβγ", "אבג")
+  const abc = k ? [...k.letters.filter((c) => /\p{L}/u.test(c))].sort(new Intl.Collator(lang).compare).slice(0, 3).join("") : "abc";
   document.querySelector('[data-pane="letters"]').textContent = abc || "abc";
-  document.querySelector('[data-pane="letters"]').setAttribute("aria-label", "Letters");
   document.querySelectorAll(".pane").forEach((p) => p.setAttribute("aria-pressed", String(p.dataset.pane === pane)));
   $("shift").setAttribute("aria-pressed", String(shift > 0));
   $("shift").lastChild.textContent = shift === 2 ? " Caps" : " Shift";
   $("script").textContent = k ? k.script : "–";
-  $("script").setAttribute("aria-label", `Script: ${k ? k.script : "none"}${settings.script === "auto" ? ", following the text" : ""}. Switch`);
   if (settings.script === "auto") $("script").append(Object.assign(document.createElement("small"), { textContent: " (auto)" }));
 }
 
@@ -518,7 +550,7 @@ function applyLanguage() {
 }
 
 function typeKey(ch) {
-  replaceSelection(ch);
+  typeAfterWord(ch);
   if (shift === 1) {
     shift = 0;
     renderKeys();
@@ -639,7 +671,7 @@ const ACTIONS = {
   speak,
   space: () => typeKey(" "),
   backspace,
-  enter: () => replaceSelection("\n"),
+  enter: () => typeAfterWord("\n"),
   undo,
   clear: () => {
     if (!text.value) return;
@@ -880,6 +912,12 @@ text.addEventListener("beforeinput", (e) => {
   if (e.inputType === "historyUndo" || e.inputType === "historyRedo") { // the browser's menu: use ours
     e.preventDefault();
     if (e.inputType === "historyUndo") undo(); else redo();
+    return;
+  }
+  if (e.inputType === "insertText" && e.data && autoSpace >= 0 && /^[\p{Po}\p{Pe}\p{Pf}]$/u.test(e.data)) {
+    e.preventDefault(); // a punctuation mark right after a completed word replaces its space
+    userAction();
+    typeAfterWord(e.data);
     return;
   }
   // a typed word is one undo step; anything else (paste, delete, a space) is a step of its own
