@@ -271,6 +271,7 @@ def test_dwell_shows_a_fill_and_waits_the_dwell_time(page):
         == "dwell-fill"
     page.wait_for_timeout(300)
     assert page.evaluate(VALUE) == ""  # not yet: 800 ms
+    shot(page, "keyboard-dwell.png")  # the bar half full
     page.wait_for_function(f"() => {VALUE} !== ''")
     ch = key.get_attribute("data-char")
     assert page.evaluate(VALUE) == ch
@@ -297,6 +298,8 @@ def test_scanning_types_a_sentence_with_one_key(page, url):
         page.wait_for_function(f"() => document.querySelector({sel!r}).classList.contains('scan-row')")
         page.keyboard.press("Space")
         presses += 1
+        if selections == 0:
+            shot(page, "keyboard-scanning.png")  # a row picked: its keys light up one by one
         if page.evaluate(f"{VALUE} === {typed!r}"):
             page.wait_for_function(f"() => document.querySelector({sel!r}).classList.contains('scan-item')")
             page.keyboard.press("Space")

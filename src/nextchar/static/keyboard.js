@@ -273,7 +273,9 @@ let draftWarned = false;
 
 function saveDraft() {
   clearTimeout(draftTimer);
-  const ok = keep("nextchar-draft", text.value ? { v: text.value, a: text.selectionStart } : null);
+  // this tab's copy survives a reload; the shared one survives closing the tab (the last tab written wins)
+  const d = text.value ? { v: text.value, a: text.selectionStart } : null;
+  const ok = keep("nextchar-draft", d, sessionStorage) & keep("nextchar-draft", d);
   if (!ok && !draftWarned) {
     draftWarned = true;
     setStatus("This browser cannot keep a copy of your text (storage full or off): it lives only in this page.", true);
@@ -996,7 +998,7 @@ async function loadKeys() {
 
 // ------------------------------------------------------------------------------------------ start
 
-const draft = recall("nextchar-draft");
+const draft = recall("nextchar-draft", sessionStorage) || recall("nextchar-draft");
 if (draft && draft.v && !text.value) {
   text.value = draft.v;
   const a = Math.min(Number(draft.a) || draft.v.length, draft.v.length);
