@@ -3,7 +3,9 @@
 Starts `nextchar serve` (the default model unless --run), opens the page in Debian's chromium (Playwright,
 headless), types texts in several scripts one key at a time the way a person does (each key after the
 suggestions for the last one are shown), and prints what the page measured itself (window.nextcharLatencies:
-from sending /v1/predict and /v1/complete together to both answers rendered). The target is 50 ms.
+from sending /v1/predict and /v1/complete together to both answers rendered). The target is 50 ms. It also
+prints the server's CPU time per keystroke (from /healthz), which a busy machine does not inflate the way it
+inflates wall-clock latency.
 
     python benchmarks/page_latency.py [--run RUN] [--threads 1] [--chars 300]
 """
@@ -11,9 +13,11 @@ from sending /v1/predict and /v1/complete together to both answers rendered). Th
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
+import httpx
 import numpy as np
 
 from nextchar.errors import UserError
@@ -58,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
         box = page.locator("#text")
         box.click()
         page.evaluate("window.nextcharLatencies.length = 0")  # the first load also computed the keys
+        cpu0 = httpx.get(url + "healthz").json()["cpu_s"]
         typed = 0
         for t in TEXTS:
             page.evaluate("document.getElementById('text').value = ''")
@@ -67,6 +72,7 @@ def main(argv: list[str] | None = None) -> None:
                 typed += 1
                 page.wait_for_function(READY, arg=page.evaluate("document.getElementById('text').value"))
         lat = np.array(page.evaluate("window.nextcharLatencies"))
+        cpu = httpx.get(url + "healthz").json()["cpu_s"] - cpu0
         model = page.locator("#model").inner_text()
         browser.close()
     if not len(lat):
@@ -76,6 +82,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"page latency per keystroke (ms): p50 {np.percentile(lat, 50):.1f}  p90 {np.percentile(lat, 90):.1f}  "
           f"p99 {np.percentile(lat, 99):.1f}  mean {lat.mean():.1f}  max {lat.max():.1f}  "
           f"under 50 ms: {(lat < 50).mean():.1%}")
+    print(f"server CPU per keystroke: {cpu / typed * 1000:.1f} ms (predict + complete, all threads)")
+    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
 
 
 if __name__ == "__main__":

@@ -227,6 +227,33 @@ def test_punctuation_takes_the_space_of_a_completed_word(page, url):
     assert page.evaluate(VALUE) == "We met in Jerusalem,"
 
 
+def test_page_helpers(page):
+    assert page.evaluate("label(' ')") == "␣"
+    assert page.evaluate("label('\\u05b8')") == "\u25cc\u05b8"  # a Hebrew vowel point sits on a dotted circle
+    assert page.evaluate("label('\\u200c')") == "ZWNJ"  # Persian's zero-width non-joiner
+    # the optional `language` of a predict answer, in any of the shapes a model might give it
+    assert page.evaluate("parseLanguage('he')") == "he"
+    assert page.evaluate("parseLanguage({en: 0.2, de: 0.7, fr: 0.1})") == "de"
+    assert page.evaluate("parseLanguage([{language: 'fa', prob: 0.9}])") == "fa"
+    assert page.evaluate("parseLanguage(undefined)") is None
+    # Done's text: the last max_text characters, fewer when JSON would escape them past the body limit
+    got = page.evaluate("""() => { const t = 'ab'.repeat(15000); const s = fitForServer(t);
+                                  return [s.length, t.endsWith(s)]; }""")
+    assert got == [20000, True]
+    got = page.evaluate("""() => { const t = '\\u0001'.repeat(30000); const s = fitForServer(t);
+        const bytes = new TextEncoder().encode(JSON.stringify({session, text: s})).length;
+        return [s.length < 20000, s.length > 5000, bytes <= config.maxBody, t.endsWith(s)]; }""")
+    assert got == [True, True, True, True]
+
+
+def test_forget_starts_a_new_session(page):
+    old = page.evaluate("session")
+    type_and_wait(page, "abc")
+    page.locator("#forget").click()
+    page.wait_for_function("() => document.getElementById('status').textContent.startsWith('Forgotten')")
+    assert page.evaluate("session") != old and page.evaluate(VALUE) == "abc"  # the text stays
+
+
 # ------------------------------------------------------------------------------------------ access methods
 
 
@@ -535,7 +562,7 @@ def test_long_text_done_server_restart_and_reload_keep_the_text(browser, tiny_ru
         stack.close()
 
 
-def test_docs_work_offline(browser, url):
+def test_docs_and_redoc_work_offline(browser, url):
     ctx = browser.new_context()
     page = ctx.new_page()
     outside = []
@@ -544,7 +571,7 @@ def test_docs_work_offline(browser, url):
         if route.request.url.startswith(url):
             route.continue_()
         else:
-            outside.append(route.request.url)
+            outside.append(route.request.resource_type)
             route.abort()
 
     page.route("**/*", only_local)
@@ -553,4 +580,8 @@ def test_docs_work_offline(browser, url):
     paths = page.eval_on_selector_all(".opblock-summary-path", "els => els.map(e => e.textContent.trim())")
     assert "/v1/predict" in paths and "/v1/keys" in paths
     assert outside == []
+    page.goto(url + "redoc")
+    page.wait_for_selector("[data-section-id^='operation/']", timeout=30_000)
+    assert page.locator("[data-section-id^='operation/']").count() >= 5
+    assert set(outside) <= {"image"}  # ReDoc asks only for its maker's logo, and renders without it
     ctx.close()
