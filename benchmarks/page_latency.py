@@ -7,7 +7,7 @@ from sending /v1/predict and /v1/complete together to both answers rendered). Th
 prints the server's CPU time per keystroke (from /healthz), which a busy machine does not inflate the way it
 inflates wall-clock latency.
 
-    python benchmarks/page_latency.py [--run RUN] [--threads 1] [--chars 300]
+    python benchmarks/page_latency.py [--run RUN] [--threads 1] [--chars 300] [--screenshot PNG]
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--backend", default="torch")
     ap.add_argument("--threads", type=int, default=1, help="the server's threads")
     ap.add_argument("--chars", type=int, default=300, help="keystrokes in all (spread over the texts)")
+    ap.add_argument("--screenshot", default=None, help="also save the page after the last keystroke (PNG)")
     args = ap.parse_args(argv)
     if args.chars < 1:
         raise UserError(f"--chars {args.chars}: must be at least 1")
@@ -71,6 +72,8 @@ def main(argv: list[str] | None = None) -> None:
                 page.keyboard.type(ch)
                 typed += 1
                 page.wait_for_function(READY, arg=page.evaluate("document.getElementById('text').value"))
+        if args.screenshot:
+            page.screenshot(path=args.screenshot, full_page=True)
         lat = np.array(page.evaluate("window.nextcharLatencies"))
         cpu = httpx.get(url + "healthz").json()["cpu_s"] - cpu0
         model = page.locator("#model").inner_text()
