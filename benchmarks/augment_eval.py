@@ -16,10 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nextchar import checkpoint
+from nextchar import checkpoint, engine
 from nextchar.data import case_maps, open_data
 from nextchar.evaluate import evaluate
-from nextchar.predict import Predictor
 
 
 class MappedSplits:
@@ -47,7 +46,7 @@ def main() -> None:
     res = {}
     print(f"{'run':<28} {'dev text':<11} {'top-3':>7} {'bpc':>6}")
     for run in args.run:
-        pred = Predictor.load(run)
+        pred = engine.load(run)
         for name, d in variants.items():
             r = res[run, name] = evaluate(pred, d, "dev", args.positions)
             print(f"{str(run)[-28:]:<28} {name:<11} {r['macro']['top3']:>7.2%} {r['macro']['bpc']:>6.3f}", flush=True)

@@ -5,11 +5,10 @@ import json
 import pytest
 import torch
 
-from nextchar import checkpoint
+from nextchar import checkpoint, engine
 from nextchar.config import load
 from nextchar.errors import UserError
 from nextchar.model import CharTransformer
-from nextchar.predict import Predictor
 from nextchar.train import at_depth, grow_model, make_optimizer, train
 
 torch.set_num_threads(1)
@@ -136,7 +135,7 @@ def test_checkpoint_before_growth_loads_at_full_depth(tiny_data_dir, tmp_path, f
     cfg.vocab_size, cfg.n_layers = int(weights["tok.weight"].shape[0]), 1
     shallow = CharTransformer(cfg).eval()
     shallow.load_state_dict(at_depth(weights, 1))
-    pred = Predictor.load(run, tag="latest")
+    pred = engine.load(run, tag="latest")
     assert len(pred.model.blocks) == 2
     x = torch.randint(0, cfg.vocab_size, (2, 16))
     with torch.no_grad():

@@ -1,11 +1,12 @@
-"""ONNX export of a trained run (fp32, optionally int8) to a self-contained folder, its parity check and runtime.
+"""`nextchar export`: a trained run as a self-contained ONNX folder (fp32, optionally int8), with its parity check.
 
 The folder holds model.onnx (ids (B, T), rows (M,), cols (M,) -> log-probabilities (M, V) after
 ids[rows[m], :cols[m] + 1]); step.onnx (ids (B, T) and past_k0, past_v0, ... (B, H, P, Dh) per layer ->
 log-probabilities (B, V) after the last id and present_k0, present_v0, ... (B, H, P + T, Dh): the key/value
 cache for typing); key.onnx (the same for one id of one session: the lean per-keystroke graph); their
 .int8.onnx twins with --int8; vocab.json; and config.json, whose "export" entry marks
-the folder as an export and whose "source" names the run and checkpoint it came from.
+the folder as an export and whose "source" names the run and checkpoint it came from. The runtime that
+reads it is nextchar.engine.onnx_backend.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from nextchar import checkpoint
-from nextchar.config import ModelConfig
+from nextchar.engine.base import START, Predictor, rank
+from nextchar.engine.folder import data_dir, describe, kind_of, write_description
+from nextchar.engine.onnx_backend import OnnxPredictor, cache_names
+from nextchar.engine.torch_backend import TorchPredictor
 from nextchar.errors import UserError
+from nextchar.files import atomic_write_bytes, read_json
 from nextchar.model import CharTransformer
-from nextchar.predict import START, Predictor, TorchPredictor, prev_ids, rank
 from nextchar.vocab import Vocab
 
 FORMATS = ("onnx",)
@@ -62,10 +65,6 @@ class _Step(nn.Module):
         cache = [(past[2 * i], past[2 * i + 1]) for i in range(self.model.cfg.n_layers)]  # (B, H, P, Dh) each
         logits, _ = self.model(ids, cache=cache, last_only=True, prev=prev)  # (B, 1, V)
         return (torch.log_softmax(logits[:, -1], dim=-1), *[t for kv in cache for t in kv])  # (B, V), (B, H, P+T, Dh)..
-
-
-def cache_names(n_layers: int, prefix: str) -> list[str]:
-    return [f"{prefix}_{kind}{i}" for i in range(n_layers) for kind in "kv"]
 
 
 def _onnx_export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
@@ -236,10 +235,10 @@ def int8_accuracy(fp32: Predictor, int8: Predictor, data: Path, positions: int) 
 
 def is_export(folder: Path) -> bool:
     try:
-        cfg = checkpoint.read_json(folder / "config.json")
+        cfg = read_json(folder / "config.json")
     except UserError:
         return False
-    return isinstance(cfg, dict) and "export" in cfg
+    return isinstance(cfg, dict) and kind_of(cfg) == "onnx"
 
 
 def export(run: str | Path, out: str | Path, fmt: str = "onnx", int8: bool = False, positions: int = 200,
@@ -250,18 +249,22 @@ def export(run: str | Path, out: str | Path, fmt: str = "onnx", int8: bool = Fal
         raise UserError(f"--format {fmt!r}: unknown export format (choose from {', '.join(FORMATS)})")
     if not run.is_dir():
         raise UserError(f"{run}: run directory not found")
-    cfg = checkpoint.read_json(run / "config.json", "run config")
-    if "export" in cfg:
+    desc = describe(run)
+    cfg = desc.config
+    if desc.kind == "onnx":
         raise UserError(f"{run}: is an export folder, not a training run")
-    if cfg.get("model_type", "transformer") != "transformer":
-        raise UserError(f"{run}: a {cfg.get('model_type')} run has no ONNX export (export a Transformer run)")
+    if desc.kind != "transformer":
+        raise UserError(f"{run}: a {desc.kind} run has no ONNX export (export a Transformer run)")
     if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or is_export(out))):
         raise UserError(f"{out}: exists and is not an export folder; refusing to overwrite it")
     vocab = Vocab.load(run / "vocab.json")
     ref = TorchPredictor.from_run(run, cfg, vocab, "cpu")
     ref.model.float()
-    data = Path(cfg.get("data", ""))
     ds = None
+    try:
+        data = data_dir(desc)
+    except UserError:
+        data = Path(str(cfg.get("data", "")))  # int8_accuracy says it was not found
     if data.is_dir():
         from nextchar.data import open_data
 
@@ -282,9 +285,9 @@ def export(run: str | Path, out: str | Path, fmt: str = "onnx", int8: bool = Fal
             for name in GRAPHS:
                 quantize(tmp / FILES[name], tmp / FILES[f"{name}_int8"])
                 files[f"{name}_int8"] = FILES[f"{name}_int8"]
-        checkpoint.atomic_write_bytes(tmp / "vocab.json", (run / "vocab.json").read_bytes())
+        atomic_write_bytes(tmp / "vocab.json", (run / "vocab.json").read_bytes())
         ck = ref.checkpoint
-        state = checkpoint.read_json(ck / "state.json", "checkpoint state")
+        state = read_json(ck / "state.json", "checkpoint state")
         meta = {
             "export": {"format": fmt, "version": EXPORT_VERSION, "opset": OPSET, "files": files},
             "model_type": "transformer",
@@ -294,7 +297,7 @@ def export(run: str | Path, out: str | Path, fmt: str = "onnx", int8: bool = Fal
             "source": {"run": str(run.resolve()), "checkpoint": ck.name, "step": state.get("step"),
                        "data": cfg.get("data")},
         }
-        checkpoint.atomic_write_json(tmp / "config.json", meta)
+        write_description(tmp, meta)
 
         # Parity: PyTorch against the fp32 graphs, batch and typing; a miss means the export is wrong.
         prefixes = dev_prefixes(ds, parity_prefixes) if ds is not None else _random_prefixes(vocab, parity_prefixes)
@@ -309,7 +312,7 @@ def export(run: str | Path, out: str | Path, fmt: str = "onnx", int8: bool = Fal
             q = OnnxPredictor(tmp, int8=True, threads=0)
             meta["int8"] = {"parity": parity(fp32, q, prefixes),
                             "accuracy": int8_accuracy(fp32, q, data, positions)}
-        checkpoint.atomic_write_json(tmp / "config.json", meta)
+        write_description(tmp, meta)
         for f in tmp.iterdir():
             f.chmod(0o644)  # atomic writes create private temp files; an export is meant to be shipped
         _replace_dir(tmp, out)
@@ -355,77 +358,3 @@ def format_summary(res: dict) -> str:
                 lines.append(f"int8 dev {key.replace('_', ' ')}: {m['fp32']:.2%} -> {m['int8']:.2%} "
                              f"({100 * m['delta']:+.2f} points; {acc['positions']} positions/language)")
     return "\n".join(lines)
-
-
-# -- runtime ----------------------------------------------------------------------------------------------
-
-
-class OnnxPredictor(Predictor):
-    """An export folder run with onnxruntime on the CPU: model.onnx for batches, key.onnx per keystroke (step.onnx
-    when several ids arrive at once)."""
-
-    shares_windows = True
-
-    def __init__(self, folder: str | Path, int8: bool = False, threads: int = 1):
-        import onnxruntime as ort
-
-        folder = Path(folder)
-        cfg = checkpoint.read_json(folder / "config.json", "export config")
-        if not isinstance(cfg, dict) or "export" not in cfg:
-            raise UserError(f"{folder}: not an export folder (config.json has no 'export' entry)")
-        files = cfg["export"].get("files", {})
-        if cfg["export"].get("format") != "onnx" or "model" not in files:
-            raise UserError(f"{folder}: not an ONNX export (format {cfg['export'].get('format')!r})")
-        if int8 and "model_int8" not in files:
-            raise UserError(f"{folder}: has no int8 model (export it with --int8)")
-        self.vocab = Vocab.load(folder / "vocab.json")
-        if cfg.get("vocab_hash", self.vocab.hash) != self.vocab.hash:
-            raise UserError(f"{folder / 'vocab.json'}: not the vocabulary the model was exported with")
-        mcfg = ModelConfig(**cfg["model"])
-        self.cfg = mcfg
-        self.context = mcfg.context
-        self.run_id = folder.name
-        self.int8 = int8
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads  # 0 = onnxruntime's default (all cores)
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-
-        def open_graph(name: str):
-            path = folder / files[name]
-            try:
-                return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-            except Exception as e:  # noqa: BLE001 - onnxruntime's own types (NoSuchFile, InvalidProtobuf, ...)
-                raise UserError(f"{path}: cannot load ONNX model ({str(e).splitlines()[0][:200]})") from None
-
-        suffix = "_int8" if int8 else ""
-        self.full = open_graph("model" + suffix)
-        self.step = open_graph("step" + suffix) if "step" + suffix in files else None
-        self.key = open_graph("key" + suffix) if "key" + suffix in files and self.step is not None else None
-        self.incremental = self.step is not None
-        dh = mcfg.d_model // mcfg.n_heads
-        self._names = cache_names(mcfg.n_layers, "past")
-        self._empty = [np.zeros((1, mcfg.n_heads, 0, dh), np.float32)] * (2 * mcfg.n_layers)
-
-    def logprobs(self, contexts: list[np.ndarray]) -> np.ndarray:
-        return self._shared_logprobs(contexts)
-
-    def _positions(self, ids: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        return self.full.run(None, {"ids": ids, "rows": rows.astype(np.int64), "cols": cols.astype(np.int64)})[0]
-
-    def _start(self):
-        return self._empty
-
-    def _feed(self, state, ids: np.ndarray, before: np.ndarray):
-        graph = self.key if len(ids) == 1 and self.key is not None else self.step
-        feeds = {"ids": ids.astype(np.int64)[None], **dict(zip(self._names, state))}
-        tail = prev_ids(self.cfg, before)
-        if tail is not None:
-            feeds["prev"] = tail[None]  # (1, K)
-        out = graph.run(None, feeds)
-        return out[1:], out[0][0]  # the cache as (1, H, P+T, Dh) per layer's keys and values, logprobs (V,)
-
-    def _truncate(self, state, n: int):
-        if n == state[0].shape[2]:
-            return state
-        return [np.ascontiguousarray(t[:, :, :n]) for t in state]

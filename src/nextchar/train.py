@@ -21,10 +21,21 @@ import torch.distributed as dist
 from nextchar import checkpoint
 from nextchar.config import RunConfig, TrainConfig, parse_grow, replace
 from nextchar.data import BatchSampler, DataSet, open_data
+from nextchar.engine.folder import write_description
+from nextchar.engine.torch_backend import TorchPredictor
 from nextchar.errors import UserError
 from nextchar.evaluate import evaluate
 from nextchar.model import CharTransformer
-from nextchar.predict import TorchPredictor
+from nextchar.runtime import (
+    device_name,
+    is_main,
+    local_rank,
+    print0,
+    rank,
+    resolve_device,
+    set_threads,
+    world,
+)
 
 # Rank 0 evaluates and saves while the other ranks wait in a collective; the wait must outlast the final
 # evaluation (2000 positions x 24 languages), so the process group's timeout is generous.
@@ -37,28 +48,7 @@ PEAK_BF16_TFLOPS = (
 )
 
 
-# -- ranks ------------------------------------------------------------------------------------------
-def rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def world() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def is_main() -> bool:
-    return rank() == 0
-
-
-def print0(*args, **kwargs) -> None:
-    if is_main():
-        print(*args, **kwargs, flush=True)
-
-
+# -- ranks (rank, world, is_main, print0 live in nextchar.runtime) -----------------------------------
 def setup_distributed(device: str) -> bool:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1); NCCL on GPU, gloo on CPU.
 
@@ -88,24 +78,7 @@ def gather(obj) -> list:
     return out
 
 
-# -- settings ---------------------------------------------------------------------------------------
-def set_threads(n: int) -> int:
-    """Set torch's CPU threads explicitly (0 = the cores this process may use, shared out among local ranks)."""
-    if n <= 0:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        n = max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    torch.set_num_threads(n)
-    return n
-
-
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available (use --device cpu or auto)")
-    return name
-
-
+# -- schedule ---------------------------------------------------------------------------------------
 def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
     """Linear warmup over warmup_steps, then cosine from lr down to lr * min_lr_ratio as progress goes 0 -> 1."""
     if step < cfg.warmup_steps:
@@ -161,14 +134,6 @@ def peak_flops(device_name: str) -> float | None:
         if key in name:
             return tflops * 1e12
     return None
-
-
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    import platform
-
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
 class Progress:
@@ -272,7 +237,7 @@ def prepare_run_dir(out: Path, cfg: RunConfig, ds: DataSet, resume: bool, preset
     barrier()
     if is_main():
         out.mkdir(parents=True, exist_ok=True)
-        checkpoint.atomic_write_json(cfg_path, {
+        write_description(out, {
             "model_type": "transformer", "preset": preset, "data": str(ds.path.resolve()),
             "vocab_hash": ds.vocab.hash, "languages": ds.languages, **cfg.to_dict()})
         ds.vocab.save(out / "vocab.json")

@@ -48,10 +48,10 @@ def measure_latency(run: Path, prefixes: list[str]) -> dict:
     """Median milliseconds of Predictor.topk(prefix, 3) with 1 CPU thread: the per-keystroke cost."""
     import torch
 
-    from nextchar.predict import Predictor
-    from nextchar.train import device_name
+    from nextchar import engine
+    from nextchar.runtime import device_name
 
-    pred = Predictor.load(run)
+    pred = engine.load(run)
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -131,7 +131,7 @@ def run_study(grid: str | Path | list[str | Path], data: str | Path, out: str | 
               sets: list[str] | None = None, progress: bool = True) -> Path:
     """`nextchar study run`: validate every grid, train each point that is not finished, write the report."""
     from nextchar import evaluate
-    from nextchar import ngram as ngram_mod
+    from nextchar import train_ngram as ngram_mod
     from nextchar import train as train_mod
     from nextchar.data import open_data
     from nextchar.model import CharTransformer
