@@ -35,8 +35,19 @@ def torch_pred(tiny_run):
 def test_folder_is_self_contained_and_detected(exported, tmp_path):
     out, _ = exported
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted(["config.json", "vocab.json", *(f"{g}{q}.onnx" for g in ("model", "step", "key")
-                                                          for q in ("", ".int8"))])
+    assert names == sorted(["config.json", "vocab.json", "weights.bin", *(f"{g}{q}.onnx" for g in ("model", "step", "key")
+                                                                         for q in ("", ".int8"))])
+    # the graphs share one copy of their weights: each large tensor points at the same bytes of weights.bin
+    import onnx
+
+    def places(graph):
+        return {t.name: (e["location"], e["offset"]) for t in onnx.load(str(out / graph), load_external_data=False
+                                                                       ).graph.initializer
+                if (e := {x.key: x.value for x in t.external_data})}
+
+    model, step, key = places("model.onnx"), places("step.onnx"), places("key.onnx")
+    assert model["model.tok.weight"] == step["model.tok.weight"] == key["model.tok.weight"]
+    assert model["model.tok.weight"][0] == "weights.bin"
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["export"]["format"] == "onnx" and cfg["model"]["n_layers"] == 2 and cfg["source"]["run"]
     moved = tmp_path / "elsewhere"
@@ -171,3 +182,20 @@ def test_hashed_ngram_model_exports_with_typing_parity(tiny_hash_run, tmp_path):
     s_onnx, s_ref = onnx.session(), ref.session()
     for n in range(len(text) + 1):
         np.testing.assert_allclose(s_onnx.dist(text[:n]), s_ref.dist(text[:n]), atol=1e-5)
+
+
+def test_weights_exact_in_float16_are_stored_as_float16(tiny_run, tmp_path):
+    """Weights packaged with --half are exact in float16: the export stores them so, with the same predictions."""
+    from nextchar.evaluate import eval_run
+    from nextchar.package import package_model
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    eval_run(run, "test", positions=20)
+    half = package_model(run, tmp_path / "half", half=True)
+    a = export(half, tmp_path / "a", parity_prefixes=50)  # parity against the half weights: raises on a miss
+    b = export(run, tmp_path / "b", parity_prefixes=50)
+    assert a["parity"]["max_abs_dp"] < 1e-4 and a["parity"]["typing_max_abs_dp"] < 1e-4
+    assert 0.4 < a["export"]["weights_bytes"] / b["export"]["weights_bytes"] < 0.75
+    assert [c for c, _ in engine.load(tmp_path / "a").topk("Hello wor", 3)] == [
+        c for c, _ in engine.load(half, backend="torch").topk("Hello wor", 3)]

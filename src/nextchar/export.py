@@ -35,6 +35,7 @@ EXPORT_VERSION = 1
 OPSET = 17  # the first with LayerNormalization as one op
 GRAPHS = ("model", "step", "key")
 FILES = {**{g: f"{g}.onnx" for g in GRAPHS}, **{f"{g}_int8": f"{g}.int8.onnx" for g in GRAPHS}}
+WEIGHTS = "weights.bin"  # the graphs' shared large tensors (see share_weights)
 PARITY_TOL = 1e-4  # largest |probability difference| an fp32 export may show against PyTorch
 
 
@@ -154,6 +155,55 @@ def fold_shapes(path: Path) -> int:
     model.graph.node.extend(nodes)
     onnx.save(model, str(path))
     return folded
+
+
+def share_weights(folder: Path, names: list[str], min_size: int = 1024) -> dict:
+    """Move the large weights of several graphs into one file, WEIGHTS, each distinct tensor stored once.
+
+    The graphs of one export hold the same weights (the hashed n-gram table alone is most of a model), so they
+    point into one shared file (ONNX external data) instead of each carrying a copy. A float32 tensor whose
+    values are all exact in float16 (weights packaged with --half) is stored as float16 behind a Cast node,
+    which onnxruntime folds back to float32 when it loads the graph: the same numbers at half the bytes.
+    Returns {"bytes": size of WEIGHTS, "tensors": distinct tensors stored}.
+    """
+    import hashlib
+
+    import onnx
+    from onnx import helper, numpy_helper
+
+    blob, where = bytearray(), {}
+    for name in names:
+        model = onnx.load(str(folder / name))
+        casts = []
+        for init in model.graph.initializer:
+            arr = numpy_helper.to_array(init)
+            if arr.size < min_size:
+                continue
+            if arr.dtype == np.float32 and np.array_equal(arr.astype(np.float16).astype(np.float32), arr):
+                half = numpy_helper.from_array(arr.astype(np.float16), init.name + "_f16")
+                casts.append(helper.make_node("Cast", [half.name], [init.name], to=onnx.TensorProto.FLOAT))
+                init.CopyFrom(half)
+                arr = arr.astype(np.float16)
+            data = np.ascontiguousarray(arr).tobytes()
+            key = hashlib.sha256(data + str((arr.dtype, arr.shape)).encode()).hexdigest()
+            if key not in where:
+                blob += bytes(-len(blob) % 4096)  # page-aligned, so onnxruntime may map it
+                where[key] = (len(blob), len(data))
+                blob += data
+            init.ClearField("raw_data")
+            for field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+                init.ClearField(field)
+            init.data_location = onnx.TensorProto.EXTERNAL
+            del init.external_data[:]
+            for k, v in (("location", WEIGHTS), ("offset", where[key][0]), ("length", where[key][1])):
+                init.external_data.add(key=k, value=str(v))
+        if casts:  # Cast nodes read only initializers: they may come first in topological order
+            nodes = list(model.graph.node)
+            del model.graph.node[:]
+            model.graph.node.extend(casts + nodes)
+        onnx.save(model, str(folder / name))
+    atomic_write_bytes(folder / WEIGHTS, bytes(blob))
+    return {"bytes": len(blob), "tensors": len(where)}
 
 
 def quantize(src: Path, dst: Path) -> None:
@@ -285,11 +335,13 @@ def export(run: str | Path, out: str | Path, fmt: str = "onnx", int8: bool = Fal
             for name in GRAPHS:
                 quantize(tmp / FILES[name], tmp / FILES[f"{name}_int8"])
                 files[f"{name}_int8"] = FILES[f"{name}_int8"]
+        shared = share_weights(tmp, list(files.values()))
         atomic_write_bytes(tmp / "vocab.json", (run / "vocab.json").read_bytes())
         ck = ref.checkpoint
         state = read_json(ck / "state.json", "checkpoint state")
         meta = {
-            "export": {"format": fmt, "version": EXPORT_VERSION, "opset": OPSET, "files": files},
+            "export": {"format": fmt, "version": EXPORT_VERSION, "opset": OPSET, "files": files, "weights": WEIGHTS,
+                       "weights_bytes": shared["bytes"]},
             "model_type": "transformer",
             "data": cfg.get("data"),  # where `nextchar eval --run EXPORT` finds the data by default
             "model": cfg["model"],
@@ -341,7 +393,7 @@ def _replace_dir(src: Path, dst: Path) -> None:
 
 def format_summary(res: dict) -> str:
     """What `nextchar export` prints."""
-    files = ", ".join(list(res["export"]["files"].values()) + ["vocab.json", "config.json"])
+    files = ", ".join(list(res["export"]["files"].values()) + [WEIGHTS, "vocab.json", "config.json"])
     p = res["parity"]
     lines = [f"wrote {res['out']} ({files})",
              (f"parity fp32 vs PyTorch on {p['n']} prefixes: top-3 equal {p['topk_equal']:.2%}, "
