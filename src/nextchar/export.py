@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from nextchar.engine.base import START, Predictor, rank
-from nextchar.engine.folder import data_dir, describe, kind_of, write_description
+from nextchar.engine.folder import data_dir, describe, write_description
 from nextchar.engine.onnx_backend import OnnxPredictor, cache_names
 from nextchar.engine.torch_backend import TorchPredictor
 from nextchar.errors import UserError
@@ -285,10 +285,9 @@ def int8_accuracy(fp32: Predictor, int8: Predictor, data: Path, positions: int) 
 
 def is_export(folder: Path) -> bool:
     try:
-        cfg = read_json(folder / "config.json")
+        return describe(folder).kind == "onnx"
     except UserError:
         return False
-    return isinstance(cfg, dict) and kind_of(cfg) == "onnx"
 
 
 def export(run: str | Path, out: str | Path, fmt: str = "onnx", int8: bool = False, positions: int = 200,

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 from nextchar import checkpoint
-from nextchar.engine.folder import ONNX_FORM, write_description
+from nextchar.engine.folder import ONNX_FORM, describe, write_description
 from nextchar.errors import UserError
 from nextchar.export import export
 
@@ -31,7 +31,7 @@ def package_model(run: str | Path, out: str | Path, command: str = "", half: boo
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    cfg = checkpoint.read_json(run / "config.json", "run config")
+    cfg = describe(run).config
     write_description(out, cfg)
     shutil.copy(run / "vocab.json", out / "vocab.json")
     checkpoint.save(out, weights, None, state, tags=("best", "latest"))

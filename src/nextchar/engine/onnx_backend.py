@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from nextchar.config import ModelConfig
+from nextchar.engine.folder import describe
 from nextchar.engine.windowed import WindowedPredictor
 from nextchar.errors import UserError
-from nextchar.files import read_json
 from nextchar.vocab import Vocab
 
 
@@ -31,8 +31,9 @@ class OnnxPredictor(WindowedPredictor):
         import onnxruntime as ort
 
         folder = Path(folder)
-        cfg = read_json(folder / "config.json", "export config")
-        if not isinstance(cfg, dict) or "export" not in cfg:
+        desc = describe(folder)
+        cfg = desc.config
+        if desc.kind != "onnx":
             raise UserError(f"{folder}: not an export folder (config.json has no 'export' entry)")
         files = cfg["export"].get("files", {})
         if cfg["export"].get("format") != "onnx" or "model" not in files:
@@ -52,22 +53,33 @@ class OnnxPredictor(WindowedPredictor):
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 
-        def open_graph(name: str):
-            path = folder / files[name]
-            try:
-                return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-            except Exception as e:  # noqa: BLE001 - onnxruntime's own types (NoSuchFile, InvalidProtobuf, ...)
-                raise UserError(f"{path}: cannot load ONNX model ({str(e).splitlines()[0][:200]})") from None
-
+        self._folder, self._files, self._opts = folder, files, opts
         suffix = "_int8" if int8 else ""
-        self.full = open_graph("model" + suffix)
-        self.step = open_graph("step" + suffix) if "step" + suffix in files else None
-        self.key = open_graph("key" + suffix) if "key" + suffix in files and self.step is not None else None
+        self._graph_names = {g: g + suffix for g in ("model", "step", "key") if g + suffix in files}
+        self._graphs: dict = {}
+        self.full = self._graph("model")
         # Without a step graph, typing states fall back to the base class's (each keystroke computed afresh).
-        self.incremental = self.step is not None
+        self.incremental = "step" in self._graph_names
         dh = mcfg.d_model // mcfg.n_heads
         self._names = cache_names(mcfg.n_layers, "past")
         self._none = [np.zeros((1, mcfg.n_heads, 0, dh), np.float32)] * (2 * mcfg.n_layers)
+
+    def _graph(self, kind: str):
+        """The model, step or key graph's session (None when the folder has none), opened on first use: a single
+        prediction loads one graph, a typing session the others when it first feeds (a faster start)."""
+        if kind not in self._graphs:
+            name = self._graph_names.get(kind)
+            session = None
+            if name is not None:
+                import onnxruntime as ort
+
+                path = self._folder / self._files[name]
+                try:
+                    session = ort.InferenceSession(str(path), self._opts, providers=["CPUExecutionProvider"])
+                except Exception as e:  # noqa: BLE001 - onnxruntime's own types (NoSuchFile, InvalidProtobuf, ...)
+                    raise UserError(f"{path}: cannot load ONNX model ({str(e).splitlines()[0][:200]})") from None
+            self._graphs[kind] = session
+        return self._graphs[kind]
 
     def _positions(self, ids: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         return self.full.run(None, {"ids": ids, "rows": rows.astype(np.int64), "cols": cols.astype(np.int64)})[0]
@@ -76,7 +88,8 @@ class OnnxPredictor(WindowedPredictor):
         return self._none
 
     def _step(self, kv: list, ids: np.ndarray, prev: np.ndarray | None) -> tuple[list, np.ndarray]:
-        graph = self.key if len(ids) == 1 and self.key is not None else self.step
+        key = self._graph("key") if len(ids) == 1 else None
+        graph = key if key is not None else self._graph("step")
         feeds = {"ids": ids.astype(np.int64)[None], **dict(zip(self._names, kv))}
         if prev is not None:
             feeds["prev"] = prev[None]  # (1, K)
