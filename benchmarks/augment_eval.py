@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nextchar import checkpoint, engine
+from nextchar import engine, files
 from nextchar.data import case_maps, open_data
 from nextchar.evaluate import evaluate
 
@@ -39,7 +39,7 @@ def main() -> None:
     ap.add_argument("--positions", type=int, default=300, help="dev positions per language")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    data = args.data or Path(checkpoint.read_json(args.run[0] / "config.json", "run config")["data"])
+    data = args.data or Path(files.read_json(args.run[0] / "config.json", "run config")["data"])
     ds = open_data(data)
     lower, strip = case_maps(ds.vocab)
     variants = {"as written": ds, "lower case": MappedSplits(ds, lower), "no accents": MappedSplits(ds, strip)}

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from nextchar import checkpoint, engine
+from nextchar import checkpoint, engine, files
 from nextchar.config import load
 from nextchar.errors import UserError
 from nextchar.model import CharTransformer
@@ -114,7 +114,7 @@ def straight(tiny_data_dir, tmp_path_factory):
 def test_resume_across_growth_is_exact(straight, tiny_data_dir, tmp_path, stop, fail_at_batch):
     run = tmp_path / "r"
     interrupted(tiny_data_dir, run, stop + 1, fail_at_batch)
-    state = checkpoint.read_json(checkpoint.find(run, "latest") / "state.json")
+    state = files.read_json(checkpoint.find(run, "latest") / "state.json")
     assert state["step"] == stop and state["n_layers"] == (1 if stop < 4 else 2)
     train(tiny_data_dir, run, tiny(), resume=True, progress=False)
     a = checkpoint.load(checkpoint.find(straight, "latest"))

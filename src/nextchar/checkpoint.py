@@ -19,10 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from nextchar.errors import UserError
-
-# JSON and atomic writes live in nextchar.files (no torch); these names stay importable from here for code
-# written before the split (the study).
-from nextchar.files import atomic_write_bytes, atomic_write_json, read_json, sha256_file  # noqa: F401
+from nextchar.files import atomic_write_json, read_json, sha256_file
 
 
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from nextchar import checkpoint
+from nextchar import checkpoint, files
 from nextchar.engine.folder import ONNX_FORM, describe, write_description
 from nextchar.errors import UserError
 from nextchar.export import export
@@ -23,7 +23,7 @@ def package_model(run: str | Path, out: str | Path, command: str = "", half: boo
     ck = checkpoint.find(run, "best")
     if ck is None:
         raise UserError(f"{run}: run has no best checkpoint to package")
-    test = checkpoint.read_json(run / "eval_test.json", "test evaluation (run `nextchar eval --split test` first)")
+    test = files.read_json(run / "eval_test.json", "test evaluation (run `nextchar eval --split test` first)")
     weights, _, state = checkpoint.load(ck, with_optimizer=False)
     if half:
         weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
@@ -35,8 +35,8 @@ def package_model(run: str | Path, out: str | Path, command: str = "", half: boo
     write_description(out, cfg)
     shutil.copy(run / "vocab.json", out / "vocab.json")
     checkpoint.save(out, weights, None, state, tags=("best", "latest"))
-    result = checkpoint.read_json(run / "result.json", "result")
-    checkpoint.atomic_write_bytes(out / "MODEL_CARD.md", model_card(cfg, result, test, command, half).encode("utf-8"))
+    result = files.read_json(run / "result.json", "result")
+    files.atomic_write_bytes(out / "MODEL_CARD.md", model_card(cfg, result, test, command, half).encode("utf-8"))
     if onnx:
         export(out, out / ONNX_FORM, positions=0)
     return out

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from nextchar import checkpoint
+from nextchar import checkpoint, files
 from nextchar.config import RunConfig, TrainConfig, parse_grow, replace
 from nextchar.data import BatchSampler, DataSet, open_data
 from nextchar.engine.folder import write_description
@@ -226,7 +226,7 @@ def prepare_run_dir(out: Path, cfg: RunConfig, ds: DataSet, resume: bool, preset
     if cfg_path.exists():
         if not resume:
             raise UserError(f"{out}: run directory already holds a run (use --resume, or another --out)")
-        old = checkpoint.read_json(cfg_path, "run config")
+        old = files.read_json(cfg_path, "run config")
         if old.get("vocab_hash") != ds.vocab.hash:
             raise UserError(f"{out}: run was trained with another vocabulary ({old.get('vocab_hash')}) than "
                             f"{ds.path} ({ds.vocab.hash})")
@@ -475,12 +475,12 @@ def _train(data: str | Path, out: Path, cfg: RunConfig, device: str, resume: boo
         final_model.load_state_dict(checkpoint.load(best_ck, with_optimizer=False)[0])
         final = dev_eval(final_model, tc.final_eval_positions)
         result = {"run": str(out), "preset": preset, "config": cfg.to_dict(), "params": params,
-                  "best_dev_loss": best, "best_step": checkpoint.read_json(best_ck / "state.json")["step"],
+                  "best_dev_loss": best, "best_step": files.read_json(best_ck / "state.json")["step"],
                   "dev": final["macro"], "dev_languages": final["languages"],
                   "top1": final["macro"]["top1"], "top3": final["macro"]["top3"], "dev_bpc": final["macro"]["bpc"],
                   "train_seconds": train_seconds, "tokens": tokens, "steps": step, "device": device_name(device),
                   "tok_per_s": tokens / max(1e-9, train_seconds), "threads": threads, "world_size": world()}
-        checkpoint.atomic_write_json(out / "result.json", result)
+        files.atomic_write_json(out / "result.json", result)
         print0(f"done: {step} steps, {tokens:,} tokens in {fmt_time(train_seconds)}; best dev loss {best:.4f} "
                f"({best / math.log(2):.3f} bpc), dev top-1 {result['top1']:.2%}, top-3 {result['top3']:.2%}")
     barrier()  # the other ranks leave only once the run is complete on disk
@@ -496,7 +496,7 @@ def train_from_options(data: str, out: str, preset: str | None, config: str | No
     base = None
     if resume and cfg_path.exists():
         base = config_mod.read_run_config(out)
-        preset = checkpoint.read_json(cfg_path, "run config").get("preset")  # already folded into base
+        preset = files.read_json(cfg_path, "run config").get("preset")  # already folded into base
         cfg = config_mod.load(None, config, sets, base=base)
     else:
         preset = preset or (None if config else "quick")
