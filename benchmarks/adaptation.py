@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nextchar import engine
 from nextchar.adapt import WEIGHTS, format_weights, mix, simulate_typing, tune
 from nextchar.data import open_data
 from nextchar.errors import UserError
-from nextchar.predict import Predictor
 
 # Text an AAC user might write over a day: a few unusual names, places and drug names, each coming back.
 PASSAGES = {
@@ -38,7 +38,7 @@ PASSAGES = {
 }
 
 
-def score(pred: Predictor, ids: np.ndarray, specials: np.ndarray) -> dict[str, dict[str, float]]:
+def score(pred: engine.Predictor, ids: np.ndarray, specials: np.ndarray) -> dict[str, dict[str, float]]:
     """Typing ids from an empty session: top-1/top-3/bpc of the plain model and of the adapted mixture."""
     sums = {"plain": np.zeros(3), "adapted": np.zeros(3)}  # top-1 hits, top-3 hits, nats
     n_special = int(specials.sum())
@@ -67,7 +67,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     try:
-        pred = Predictor.load(args.run)
+        pred = engine.load(args.run)
         data = args.data or Path(json.loads((args.run / "config.json").read_text(encoding="utf-8"))["data"])
         if args.tune:
             t = time.perf_counter()

@@ -16,10 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nextchar import checkpoint
+from nextchar import engine, files
 from nextchar.data import case_maps, open_data
 from nextchar.evaluate import evaluate
-from nextchar.predict import Predictor
 
 
 class MappedSplits:
@@ -40,14 +39,14 @@ def main() -> None:
     ap.add_argument("--positions", type=int, default=300, help="dev positions per language")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    data = args.data or Path(checkpoint.read_json(args.run[0] / "config.json", "run config")["data"])
+    data = args.data or Path(files.read_json(args.run[0] / "config.json", "run config")["data"])
     ds = open_data(data)
     lower, strip = case_maps(ds.vocab)
     variants = {"as written": ds, "lower case": MappedSplits(ds, lower), "no accents": MappedSplits(ds, strip)}
     res = {}
     print(f"{'run':<28} {'dev text':<11} {'top-3':>7} {'bpc':>6}")
     for run in args.run:
-        pred = Predictor.load(run)
+        pred = engine.load(run)
         for name, d in variants.items():
             r = res[run, name] = evaluate(pred, d, "dev", args.positions)
             print(f"{str(run)[-28:]:<28} {name:<11} {r['macro']['top3']:>7.2%} {r['macro']['bpc']:>6.3f}", flush=True)

@@ -26,10 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nextchar import checkpoint
+from nextchar import engine
 from nextchar.data import open_data
-from nextchar.export import OnnxPredictor, dev_prefixes, export
-from nextchar.predict import Predictor
+from nextchar.engine import Predictor
+from nextchar.engine.folder import data_dir, describe
+from nextchar.export import dev_prefixes, export
 
 
 def typing_prefixes(ds, chars: int, langs: int = 6) -> list[str]:
@@ -59,7 +60,7 @@ def trace(ds, n: int) -> list[str]:
 
 def keystrokes(pred: Predictor, prefixes: list[str], incremental: bool, budget: float, warm: int = 20) -> dict:
     """Wall-clock p50/p99 and this thread's CPU-time p50 (ms) of one topk per prefix, within `budget` seconds."""
-    session = pred.session()
+    session = pred.session(max(1, pred.context // 2))  # the typing window: one recompute per context/2 keys
     step = session.topk if incremental else pred.topk
     for p in prefixes[:warm]:
         step(p, 3)
@@ -89,8 +90,8 @@ def rate(pred: Predictor, prefixes: list[str], budget: float, stride: int | None
 def open_backend(name: str, run: Path, exported: Path, threads: int) -> Predictor:
     torch.set_num_threads(threads)
     if name == "torch":
-        return Predictor.load(run)
-    return OnnxPredictor(exported, int8=name == "onnx-int8", threads=threads)
+        return engine.load(run, backend="torch")
+    return engine.load(exported, backend=name, threads=threads)
 
 
 def main() -> None:
@@ -110,7 +111,7 @@ def main() -> None:
           f"torch {torch.__version__}", flush=True)
     head = (f"{'run':<10}{'backend':<10}{'thr':>3}{'key p50':>9}{'p99':>7}{'cpu50':>7}{'scr p50':>9}{'p99':>7}"
             f"{'cpu50':>7}{'trace/s':>9}{'trace s/s':>10}{'random/s':>9}")
-    print("# key = incremental Session.topk per keystroke, scr = Predictor.topk from scratch: wall-clock p50/p99 and\n"
+    print("# key = incremental Session.topk per keystroke (stride context/2), scr = Predictor.topk from scratch: wall-clock p50/p99 and\n"
           "# the calling thread's CPU time p50, in ms (CPU time is what a quiet machine's wall clock would show at\n"
           "# 1 thread); trace/s = file mode on every prefix of dev text with the exact last-context window,\n"
           "# trace s/s = the same with the typing session's window (stride context/2), random/s = unrelated\n"
@@ -120,8 +121,7 @@ def main() -> None:
         if not (run / "config.json").is_file():
             print(f"{run}: not a run directory, skipped", file=sys.stderr)
             continue
-        cfg = checkpoint.read_json(run / "config.json", "run config")
-        ds = open_data(args.data or cfg["data"])
+        ds = open_data(data_dir(describe(run), args.data))
         typed = typing_prefixes(ds, args.chars)
         file_trace = trace(ds, args.file_prefixes)
         file_random = dev_prefixes(ds, args.file_prefixes)

@@ -32,7 +32,8 @@ from torch import nn
 
 from nextchar.config import load
 from nextchar.model import CharTransformer
-from nextchar.train import device_name, flops_per_token, peak_flops
+from nextchar.runtime import device_name
+from nextchar.train import flops_per_token, peak_flops
 
 VOCAB = 495  # the Dasher vocabulary's size
 # Measured on a 2-core CPU, batch 32 x 128, d 128, FF 512, 2 threads (tokens/s), for comparison.

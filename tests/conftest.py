@@ -134,6 +134,26 @@ def tiny_hash_run(tiny_data_dir, tmp_path_factory):
     return _train_tiny(tiny_data_dir, tmp_path_factory.mktemp("tiny_hash_run"), ngram_buckets=64, ngram_order=3)
 
 
+@pytest.fixture(scope="session")
+def tiny_ngram_run(tiny_data_dir, tmp_path_factory):
+    """An order-4 Kneser-Ney n-gram run of the tiny corpus."""
+    from nextchar.train_ngram import train_ngram
+
+    out = tmp_path_factory.mktemp("tiny_ngram") / "ngram"
+    train_ngram(tiny_data_dir, out, order=4, final_positions=100)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_run, tmp_path_factory):
+    """tiny_run exported to ONNX (fp32, parity-checked by export itself)."""
+    from nextchar.export import export
+
+    out = tmp_path_factory.mktemp("tiny_onnx") / "onnx"
+    export(tiny_run, out, positions=0, parity_prefixes=100)
+    return out
+
+
 @pytest.fixture
 def fail_at_batch(monkeypatch):
     """Arm the training sampler to raise `exc` on its n-th batch (Ctrl-C or a crash mid-run), once.

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from nextchar import engine
 from nextchar.adapt import (
     WEIGHTS,
     AdaptiveSession,
@@ -15,7 +16,6 @@ from nextchar.adapt import (
     tune,
 )
 from nextchar.errors import UserError
-from nextchar.predict import Predictor
 
 torch.set_num_threads(1)
 
@@ -25,7 +25,7 @@ WORD = "vizqubel"
 
 @pytest.fixture(scope="module")
 def pred(tiny_run):
-    return Predictor.load(tiny_run)
+    return engine.load(tiny_run)
 
 
 def test_cache_counts_follow_each_suffix_of_the_context():

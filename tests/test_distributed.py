@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from nextchar import checkpoint
+from nextchar import checkpoint, files
 from nextchar.config import load
 from nextchar.train import train
 
@@ -75,7 +75,7 @@ def test_two_ranks_match_one_process(single, tiny_data_dir, tmp_path):
     assert_same_run(single, out)
     res = json.loads((out / "result.json").read_text())
     assert res["world_size"] == 2 and res["steps"] == STEPS and res["tokens"] == STEPS * 8 * 32
-    state = checkpoint.read_json(checkpoint.find(out, "latest") / "state.json")
+    state = files.read_json(checkpoint.find(out, "latest") / "state.json")
     assert len(state["rng"]) == 2 and state["n_layers"] == 2 and state["sampler"]["rows"] == STEPS * 8
 
 
@@ -86,7 +86,7 @@ def test_resume_on_two_ranks_continues_a_one_process_run(single, tiny_data_dir, 
     fail_at_batch(4)
     with pytest.raises(KeyboardInterrupt):
         train(tiny_data_dir, out, tiny(), progress=False)
-    assert checkpoint.read_json(checkpoint.find(out, "latest") / "state.json")["n_layers"] == 1
+    assert files.read_json(checkpoint.find(out, "latest") / "state.json")["n_layers"] == 1
     log = torchrun(tiny_data_dir, out, "--resume")
     assert "resuming" in log and "growing from 1 to 2 layers" in log
     assert_same_run(single, out)

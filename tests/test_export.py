@@ -8,13 +8,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from nextchar import engine
 from nextchar.cli import app
 from nextchar.config import load
 from nextchar.data import open_data
+from nextchar.engine.onnx_backend import OnnxPredictor, cache_names
 from nextchar.errors import UserError
-from nextchar.export import OnnxPredictor, cache_names, dev_prefixes, export, format_summary, write_graphs
+from nextchar.export import dev_prefixes, export, format_summary, write_graphs
 from nextchar.model import CharTransformer
-from nextchar.predict import Predictor, window_ids
 
 torch.set_num_threads(1)
 
@@ -28,27 +29,38 @@ def exported(tiny_run, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def torch_pred(tiny_run):
-    return Predictor.load(tiny_run)
+    return engine.load(tiny_run)
 
 
 def test_folder_is_self_contained_and_detected(exported, tmp_path):
     out, _ = exported
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted(["config.json", "vocab.json", *(f"{g}{q}.onnx" for g in ("model", "step", "key")
-                                                          for q in ("", ".int8"))])
+    assert names == sorted(["config.json", "vocab.json", "weights.bin", *(f"{g}{q}.onnx" for g in ("model", "step", "key")
+                                                                         for q in ("", ".int8"))])
+    # the graphs share one copy of their weights: each large tensor points at the same bytes of weights.bin
+    import onnx
+
+    def places(graph):
+        return {t.name: (e["location"], e["offset"]) for t in onnx.load(str(out / graph), load_external_data=False
+                                                                       ).graph.initializer
+                if (e := {x.key: x.value for x in t.external_data})}
+
+    model, step, key = places("model.onnx"), places("step.onnx"), places("key.onnx")
+    assert model["model.tok.weight"] == step["model.tok.weight"] == key["model.tok.weight"]
+    assert model["model.tok.weight"][0] == "weights.bin"
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["export"]["format"] == "onnx" and cfg["model"]["n_layers"] == 2 and cfg["source"]["run"]
     moved = tmp_path / "elsewhere"
     shutil.copytree(out, moved)
-    pred = Predictor.load(moved)  # no backend named: an export folder is recognized
+    pred = engine.load(moved)  # no backend named: an export folder is recognized
     assert isinstance(pred, OnnxPredictor) and not pred.int8 and pred.incremental
-    assert isinstance(Predictor.load(moved, backend="onnx-int8"), OnnxPredictor)
+    assert isinstance(engine.load(moved, backend="onnx-int8"), OnnxPredictor)
     assert len(pred.topk("Hello wor", 3)) == 3
 
 
 def test_fp32_top3_equals_pytorch_on_1000_dev_prefixes(exported, torch_pred, tiny_data_dir):
     out, _ = exported
-    onnx = Predictor.load(out, backend="onnx")
+    onnx = engine.load(out, backend="onnx")
     prefixes = dev_prefixes(open_data(tiny_data_dir), 1000)
     assert len(set(prefixes)) > 900 and max(map(len, prefixes)) > onnx.context
     want, got = torch_pred.topk_batch(prefixes, 3), onnx.topk_batch(prefixes, 3)
@@ -59,16 +71,15 @@ def test_fp32_top3_equals_pytorch_on_1000_dev_prefixes(exported, torch_pred, tin
 
 def test_onnx_typing_session_matches_pytorch_and_its_window(exported, torch_pred):
     out, _ = exported
-    onnx = Predictor.load(out)
+    onnx = engine.load(out)
     text = "Привет, мир! The quick brown fox jumps over the lazy dog. שלום עולם " * 2
-    a, b = torch_pred.session(), onnx.session()
+    a, b = torch_pred.session(onnx.context // 2), onnx.session(onnx.context // 2)
     prefix = ""
     for i, ch in enumerate(text):
         prefix = prefix[:-1] if i % 13 == 12 else prefix + ch
         lp = b.logprobs(prefix)
         np.testing.assert_allclose(lp, a.logprobs(prefix), atol=1e-4)
-        win = window_ids(onnx.vocab, prefix, onnx.context, b.stride)
-        np.testing.assert_allclose(lp, onnx.logprobs([win])[0], atol=1e-4)
+        np.testing.assert_allclose(lp, b.pred.logprobs([onnx.encode(prefix)])[0], atol=1e-4)
     assert b.recomputes < len(text) // 4
 
 
@@ -145,9 +156,9 @@ def test_errors_are_one_line_user_errors(exported, tiny_run, tmp_path):
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "config.json").write_text(json.dumps({"export": {"format": "onnx", "files": {}}}))
     with pytest.raises(UserError, match="not an ONNX export"):
-        Predictor.load(tmp_path / "half")
+        engine.load(tmp_path / "half")
     with pytest.raises(UserError, match="on the CPU"):
-        Predictor.load(out, device="cuda")
+        engine.load(out, device="cuda")
     assert not (tmp_path / "x").exists() and not (tmp_path / ".x.tmp").exists()
 
 
@@ -165,9 +176,26 @@ def test_hashed_ngram_model_exports_with_typing_parity(tiny_hash_run, tmp_path):
     out = tmp_path / "hash-onnx"
     res = export(tiny_hash_run, out, parity_prefixes=100)
     assert res["parity"]["n"] == 100 and res["parity"]["max_abs_dp"] < 1e-4
-    onnx, ref = OnnxPredictor(out), Predictor.load(tiny_hash_run)
+    onnx, ref = OnnxPredictor(out), engine.load(tiny_hash_run)
     assert onnx.incremental
     text = "Le vieux château dominait la vallée, et les enfants couraient vers la rivière en riant."
     s_onnx, s_ref = onnx.session(), ref.session()
     for n in range(len(text) + 1):
         np.testing.assert_allclose(s_onnx.dist(text[:n]), s_ref.dist(text[:n]), atol=1e-5)
+
+
+def test_weights_exact_in_float16_are_stored_as_float16(tiny_run, tmp_path):
+    """Weights packaged with --half are exact in float16: the export stores them so, with the same predictions."""
+    from nextchar.evaluate import eval_run
+    from nextchar.package import package_model
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    eval_run(run, "test", positions=20)
+    half = package_model(run, tmp_path / "half", half=True)
+    a = export(half, tmp_path / "a", parity_prefixes=50)  # parity against the half weights: raises on a miss
+    b = export(run, tmp_path / "b", parity_prefixes=50)
+    assert a["parity"]["max_abs_dp"] < 1e-4 and a["parity"]["typing_max_abs_dp"] < 1e-4
+    assert 0.4 < a["export"]["weights_bytes"] / b["export"]["weights_bytes"] < 0.75
+    assert [c for c, _ in engine.load(tmp_path / "a").topk("Hello wor", 3)] == [
+        c for c, _ in engine.load(half, backend="torch").topk("Hello wor", 3)]

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from nextchar import checkpoint
+from nextchar import checkpoint, engine
 from nextchar.config import load
 from nextchar.model import CharTransformer
-from nextchar.predict import Predictor
 from nextchar.train import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -74,8 +73,8 @@ def test_grad_checkpoint_gives_the_same_gradients_on_cuda():
 
 def test_predictor_on_cuda_equals_cpu(tiny_run):
     prefixes = ["", "Hello wor", "Привет, ми", "שלו", "北京是"]
-    a = Predictor.load(tiny_run).dist(prefixes)
-    b = Predictor.load(tiny_run, device="cuda").dist(prefixes)
+    a = engine.load(tiny_run).dist(prefixes)
+    b = engine.load(tiny_run, device="cuda").dist(prefixes)
     np.testing.assert_allclose(a, b, atol=1e-5)
     assert np.allclose(b.sum(axis=1), 1.0, atol=1e-4)
 

@@ -5,11 +5,10 @@ import json
 import pytest
 import torch
 
-from nextchar import checkpoint
+from nextchar import checkpoint, engine, files
 from nextchar.config import load
 from nextchar.errors import UserError
 from nextchar.model import CharTransformer
-from nextchar.predict import Predictor
 from nextchar.train import at_depth, grow_model, make_optimizer, train
 
 torch.set_num_threads(1)
@@ -115,7 +114,7 @@ def straight(tiny_data_dir, tmp_path_factory):
 def test_resume_across_growth_is_exact(straight, tiny_data_dir, tmp_path, stop, fail_at_batch):
     run = tmp_path / "r"
     interrupted(tiny_data_dir, run, stop + 1, fail_at_batch)
-    state = checkpoint.read_json(checkpoint.find(run, "latest") / "state.json")
+    state = files.read_json(checkpoint.find(run, "latest") / "state.json")
     assert state["step"] == stop and state["n_layers"] == (1 if stop < 4 else 2)
     train(tiny_data_dir, run, tiny(), resume=True, progress=False)
     a = checkpoint.load(checkpoint.find(straight, "latest"))
@@ -136,7 +135,7 @@ def test_checkpoint_before_growth_loads_at_full_depth(tiny_data_dir, tmp_path, f
     cfg.vocab_size, cfg.n_layers = int(weights["tok.weight"].shape[0]), 1
     shallow = CharTransformer(cfg).eval()
     shallow.load_state_dict(at_depth(weights, 1))
-    pred = Predictor.load(run, tag="latest")
+    pred = engine.load(run, tag="latest")
     assert len(pred.model.blocks) == 2
     x = torch.randint(0, cfg.vocab_size, (2, 16))
     with torch.no_grad():

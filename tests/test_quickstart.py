@@ -6,8 +6,8 @@ import shutil
 import numpy as np
 import pytest
 
+from nextchar import engine
 from nextchar.errors import UserError
-from nextchar.predict import Predictor
 from nextchar.quickstart import EXAMPLES, quickstart
 
 
@@ -25,9 +25,9 @@ def test_quickstart_trains_mixes_evaluates_and_suggests(tiny_data_dir, tmp_path,
     assert "already trained" in capsys.readouterr().out
     assert (run / "transformer" / "result.json").stat().st_mtime == mtime
     # The mixture names its parts relative to itself, so the folder can move.
-    before = Predictor.load(run).dist(["Hello wor"])
+    before = engine.load(run).dist(["Hello wor"])
     moved = shutil.move(run, tmp_path / "moved")
-    np.testing.assert_array_equal(Predictor.load(moved).dist(["Hello wor"]), before)
+    np.testing.assert_array_equal(engine.load(moved).dist(["Hello wor"]), before)
 
 
 def test_quickstart_refuses_a_run_folder_that_is_not_a_mixture(tiny_data_dir, tiny_run):

@@ -14,9 +14,9 @@ import torch
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
+from nextchar import engine
 from nextchar.adapt import AdaptiveSession
 from nextchar.cli import app as cli_app
-from nextchar.predict import Predictor
 from nextchar.serve import MAX_BATCH, bind, create_app, server_process
 
 torch.set_num_threads(1)
@@ -28,7 +28,7 @@ WORD = "vizqubel"
 
 @pytest.fixture(scope="module")
 def pred(tiny_run):
-    return Predictor.load(tiny_run)
+    return engine.load(tiny_run)
 
 
 @pytest.fixture(scope="module")

@@ -91,11 +91,11 @@ def test_rerun_trains_nothing_and_report_is_identical(study, tiny_data_dir, monk
         raise AssertionError("a finished study must not train or evaluate again")
 
     import nextchar.evaluate
-    import nextchar.ngram
     import nextchar.train
+    import nextchar.train_ngram
 
     monkeypatch.setattr(nextchar.train, "train", boom)
-    monkeypatch.setattr(nextchar.ngram, "train_ngram", boom)
+    monkeypatch.setattr(nextchar.train_ngram, "train_ngram", boom)
     monkeypatch.setattr(nextchar.evaluate, "eval_run", boom)
     monkeypatch.setattr("nextchar.study.sweep.measure_latency", boom)
     run_study(grid, tiny_data_dir, out, **ARGS)

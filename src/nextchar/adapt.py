@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nextchar.engine.base import START, Predictor, rank
 from nextchar.errors import UserError
-from nextchar.predict import START, Predictor, rank, split_context
 from nextchar.vocab import Vocab
 
 # p = (1 - λc - λu)·p_model + λc·p_cache + λu·uniform, where p_cache is a Witten-Bell-style interpolation of
@@ -178,7 +178,7 @@ class AdaptiveSession:
 
     def observe(self, text: str) -> None:
         """Remember text the user wrote (e.g. a finished message) for later predictions in this session."""
-        ids = self.pred.vocab.encode(START + text[-self.max_text:])
+        ids = np.concatenate([self._start, self.pred.encode(text)[-self.max_text:]])
         with self._lock:  # two requests of one session may observe at once; neither may be lost
             self._history = np.concatenate([self._history, ids])[-self.max_text:]
 
@@ -192,7 +192,7 @@ class AdaptiveSession:
 
     def cache_ids(self, prefix: str) -> np.ndarray:
         """The text the cache reads for this prefix: history, then START + prefix; the last max_text + 1 ids."""
-        live = self.pred.vocab.encode(START + prefix[-self.max_text:])
+        live = np.concatenate([self._start, self.pred.encode(prefix)[-self.max_text:]])
         hist = self._history  # one read: a concurrent observe swaps in a new array
         return np.concatenate([hist[max(0, hist.size + live.size - self.max_text - 1):], live])
 
@@ -280,7 +280,7 @@ def simulate_typing(pred: Predictor, ids: np.ndarray, max_order: int = MAX_ORDER
     off = hist.size + 1  # index of ids[0] in text
     for lo in range(0, ids.size, batch):
         pos = range(lo, min(ids.size, lo + batch))
-        model = np.exp(pred.logprobs([split_context(ids, p, pred.context, int(start[0])) for p in pos]))
+        model = np.exp(pred.logprobs([ids[:p] for p in pos]))  # histories: views of ids
         caches = [cache_counts(text[max(0, off + p - max_text - 1):off + p], pred.vocab.size, max_order, specials)
                   for p in pos]
         yield TypingStep(ids[lo:pos.stop].astype(np.intp), model, caches)

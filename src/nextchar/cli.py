@@ -33,12 +33,14 @@ def friendly(fn):
 
 
 def threads_option(n: int) -> None:
-    from nextchar.train import set_threads
+    """Torch's threads, for commands that train or run PyTorch anyway (prediction passes threads to engine.load)."""
+    from nextchar.runtime import set_threads
 
     set_threads(n)
 
 
-Threads = Annotated[int, typer.Option(help="Torch CPU threads (0 = all cores).")]
+Threads = Annotated[int, typer.Option(help="CPU threads (0 = all cores).")]
+Backend = Annotated[str, typer.Option(help="auto (ONNX when the folder has it, else PyTorch), torch, onnx or onnx-int8.")]
 
 
 @app.command()
@@ -83,7 +85,7 @@ def train(
     torchrun --standalone --nproc_per_node=8 -m nextchar train ...
     """
     if model == "ngram":
-        from nextchar.ngram import train_ngram
+        from nextchar.train_ngram import train_ngram
 
         train_ngram(data, out, order or None)
         return
@@ -101,45 +103,48 @@ def train(
 @app.command("eval")
 @friendly
 def eval_(
-    run: Annotated[Path, typer.Option(help="Run directory.")],
+    run: Annotated[str, typer.Option("--run", "--model", help="Run or model folder, or a shipped model's name (default).")],
     split: Annotated[str, typer.Option(help="dev or test.")] = "test",
-    data: Annotated[Path | None, typer.Option(help="Data directory (default: the one the run was trained on).")] = None,
+    data: Annotated[Path | None, typer.Option(help="Data directory (default: the one the run was trained on, if found).")] = None,
     positions: Annotated[int, typer.Option(help="Evenly spaced positions per language.")] = 2000,
     device: Annotated[str, typer.Option(help="cpu or cuda (a Transformer run on a GPU).")] = "cpu",
+    out: Annotated[Path | None, typer.Option(help="Results file, or a folder for eval_<split>.json (default: the run folder; the current folder for a shipped model).")] = None,
+    backend: Backend = "auto",
     threads: Threads = 0,
 ):
-    """Per-language top-1/top-3 accuracy, cross-entropy and bits per character; writes RUN/eval_<split>.json."""
+    """Per-language top-1/top-3 accuracy, cross-entropy and bits per character; writes eval_<split>.json."""
     from nextchar.evaluate import eval_run, format_table
-    from nextchar.train import resolve_device
+    from nextchar.runtime import resolve_device
 
-    threads_option(threads)
     if device not in ("cpu", "cuda"):
         raise UserError(f"--device {device!r}: choose cpu or cuda")
-    res = eval_run(run, split, data, positions, device=resolve_device(device))
+    res = eval_run(run, split, data, positions, backend=backend, device=resolve_device(device), out=out,
+                   threads=threads)
     typer.echo(format_table(res))
-    typer.echo(f"wrote {run / f'eval_{split}.json'}")
+    typer.echo(f"wrote {res['out']}")
 
 
 @app.command()
 @friendly
 def predict(
     prefix: Annotated[str | None, typer.Argument(help="Text typed so far.")] = None,
-    run: Annotated[Path | None, typer.Option(help="Run directory (default: the model shipped with nextchar).")] = None,
+    run: Annotated[str | None, typer.Option("--run", "--model", help="Run or model folder, or a shipped model's name (default: the model shipped with nextchar).")] = None,
     k: Annotated[int, typer.Option("-k", help="How many characters to suggest.")] = 3,
     input: Annotated[Path | None, typer.Option("--input", help="File of prefixes, one per line.")] = None,
     output: Annotated[Path | None, typer.Option("--output", help="Where file mode writes k characters per line.")] = None,
     json_: Annotated[bool, typer.Option("--json", help="File mode writes JSON lines with probabilities.")] = False,
+    backend: Backend = "auto",
     threads: Threads = 0,
 ):
     """Suggest the k most likely next characters for a prefix, or for every line of a file."""
-    from nextchar.predict import Predictor, predict_file
+    from nextchar import engine
+    from nextchar.predict import predict_file
 
-    threads_option(threads)
     if (input is None) == (prefix is None):
         raise UserError("give either a PREFIX argument or --input FILE (with --output FILE)")
     if input is not None and output is None:
         raise UserError("--input needs --output FILE")
-    pred = Predictor.load(resolve_run(run))
+    pred = engine.load(resolve_run(run), backend=backend, threads=threads)
     if input is not None:
         n = predict_file(pred, input, output, k, json_)
         typer.echo(f"wrote {n} lines to {output}", err=True)
@@ -185,7 +190,8 @@ def show(ch: str) -> str:
     return {" ": "<space>"}.get(ch, ch) if ch.isprintable() else f"U+{ord(ch):04X}"
 
 
-def resolve_run(run: Path | None) -> Path:
+def resolve_run(run: str | None) -> str | Path:
+    """A --run value (a folder or a shipped model's name), or the shipped default model when none is given."""
     if run is not None:
         return run
     from nextchar import models
@@ -286,17 +292,16 @@ def study_report(
 @app.command()
 @friendly
 def serve(
-    run: Annotated[Path | None, typer.Option(help="Run or exported directory (default: the shipped model).")] = None,
+    run: Annotated[str | None, typer.Option("--run", "--model", help="Run, model or export folder, or a shipped model's name (default: the shipped model).")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
-    backend: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
-    threads: Annotated[int, typer.Option(help="Torch CPU threads per server process.")] = 1,
+    backend: Backend = "auto",
+    threads: Annotated[int, typer.Option(help="CPU threads of the model (0 = all cores).")] = 1,
 ):
     """Serve predictions over HTTP (JSON API + the web keyboard page at /)."""
     from nextchar.serve import serve as run_server
 
-    threads_option(threads)
-    run_server(resolve_run(run), host=host, port=port, backend=backend)
+    run_server(resolve_run(run), host=host, port=port, backend=backend, threads=threads)
 
 
 @app.command()
@@ -328,7 +333,7 @@ def mix(
     threads: Threads = 0,
 ):
     """Interpolate a Transformer with the n-gram (weight tuned on dev) into a run usable by eval/predict/serve."""
-    from nextchar.mixture import make_mixture
+    from nextchar.mix import make_mixture
 
     threads_option(threads)
     make_mixture(transformer, ngram, out, data, positions)
@@ -341,11 +346,14 @@ def package(
     out: Annotated[Path, typer.Option(help="Folder to write: best weights, config, vocabulary, MODEL_CARD.md.")],
     command: Annotated[str, typer.Option(help="The training command, recorded in the model card.")] = "",
     half: Annotated[bool, typer.Option("--half", help="Store the weights as float16 (half the size).")] = False,
+    onnx: Annotated[bool, typer.Option("--onnx", help="Also write the model's ONNX form (OUT/onnx), which a torch-free install runs.")] = False,
+    threads: Threads = 0,
 ):
     """Package a run's best weights with a model card (how the shipped default model is made)."""
-    from nextchar.models import package_model
+    from nextchar.package import package_model
 
-    typer.echo(f"wrote {package_model(run, out, command, half)}")
+    threads_option(threads)
+    typer.echo(f"wrote {package_model(run, out, command, half, onnx)}")
 
 
 def main() -> None:

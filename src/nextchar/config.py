@@ -250,7 +250,7 @@ def replace(cfg: Any, **changes: Any) -> Any:
 
 def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     """The [model]/[train] sections of a run's config.json."""
-    from nextchar.checkpoint import read_json
+    from nextchar.files import read_json
 
     d = read_json(Path(run_dir) / "config.json", "run config")
     return {"model": d["model"], "train": d["train"]}

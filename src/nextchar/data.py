@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nextchar.checkpoint import atomic_write_bytes as atomic_write
 from nextchar.errors import UserError
+from nextchar.files import atomic_write_bytes as atomic_write
 from nextchar.vocab import Vocab
 
 SPLITS = ("train", "dev", "test")

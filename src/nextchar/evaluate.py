@@ -1,4 +1,4 @@
-"""Per-language evaluation: top-1/top-3 accuracy, cross-entropy and bits per character on a split."""
+"""Per-language evaluation through the engine contract: top-1/top-3 accuracy, cross-entropy, bits per character."""
 
 from __future__ import annotations
 
@@ -7,19 +7,29 @@ from pathlib import Path
 
 import numpy as np
 
-from nextchar import checkpoint
+from nextchar import engine, models
 from nextchar.data import DataSet, eval_positions, open_data
+from nextchar.engine.base import top_ids
+from nextchar.engine.folder import data_dir, describe
 from nextchar.errors import UserError
-from nextchar.predict import START, Predictor, split_context
+from nextchar.files import atomic_write_json
+
+SPLITS = ("dev", "test", "train")
 
 
-def evaluate(pred: Predictor, ds: DataSet, split: str = "dev", positions: int = 2000,
+def evaluate(pred: engine.Predictor, ds: DataSet, split: str = "dev", positions: int = 2000,
              batch_size: int = 256) -> dict:
-    """Metrics per language on N evenly spaced positions, each predicted from the same split's past only."""
+    """Metrics per language on N evenly spaced positions, each predicted from the same split's past only.
+
+    Position p of a split is predicted from its history split[:p] (the paragraph start before the split's first
+    character), read through the predictor's own window. A hit at top-k is the true id among the k ids the
+    engine would suggest (Predictor.suggestible and base.top_ids: specials and control characters never are,
+    so a true newline or <unk> is always a miss). ce is in nats per character, bpc = ce / ln 2; macro is the
+    mean over languages, micro over all positions. Raises UserError for another vocabulary or an empty split.
+    """
     if pred.vocab.hash != ds.vocab.hash:
         raise UserError(f"{ds.path}: data vocabulary ({ds.vocab.hash}) differs from the model's ({pred.vocab.hash})")
-    start_id = pred.vocab.stoi[START]
-    never = np.array([pred.vocab.is_special(i) for i in range(pred.vocab.size)])
+    ok = pred.suggestible()
     langs = {}
     for lang in ds.languages:
         arr = ds.split(lang, split)
@@ -29,13 +39,11 @@ def evaluate(pred: Predictor, ds: DataSet, split: str = "dev", positions: int = 
         ce = top1 = top3 = 0.0
         for i in range(0, len(pos), batch_size):
             chunk = pos[i:i + batch_size]
-            lp = pred.logprobs([split_context(arr, int(p), pred.context, start_id) for p in chunk])  # (n, V)
+            lp = pred.logprobs([arr[:p] for p in chunk.tolist()])  # (n, V) histories are views, never copied
             y = arr[chunk].astype(np.int64)  # (n,)
             ce -= lp[np.arange(len(chunk)), y].sum()
-            lp[:, never] = -np.inf  # a special is never suggested, so a true <unk> is always a miss
-            top = np.argpartition(-lp, 3, axis=1)[:, :3] if lp.shape[1] > 3 else np.argsort(-lp, axis=1)
-            best = lp.argmax(axis=1)
-            top1 += (best == y).sum()
+            top = top_ids(np.exp(lp), ok, 3)  # (n, 3) what the engine suggests
+            top1 += (top[:, 0] == y).sum()
             top3 += (top == y[:, None]).any(axis=1).sum()
         n = len(pos)
         langs[lang] = {"n": n, "top1": float(top1 / n), "top3": float(top3 / n), "ce": float(ce / n),
@@ -61,18 +69,34 @@ def format_table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def results_path(folder: Path, split: str, out: str | Path | None = None) -> Path:
+    """Where `nextchar eval` writes: --out (a file, or a folder to hold eval_<split>.json); by default the run
+    folder, except for a model shipped inside the package (never written to), whose results go to the current
+    folder."""
+    name = f"eval_{split}.json"
+    if out is not None:
+        out = Path(out)
+        return out / name if out.is_dir() else out
+    return Path.cwd() / name if models.is_shipped(folder) else folder / name
+
+
 def eval_run(run: str | Path, split: str = "test", data: str | Path | None = None, positions: int = 2000,
-             backend: str = "torch", device: str = "cpu") -> dict:
-    """`nextchar eval`: evaluate a run's best checkpoint on a split and write RUN/eval_<split>.json."""
-    if split not in ("dev", "test", "train"):
+             backend: str = "auto", device: str = "cpu", out: str | Path | None = None,
+             threads: int | None = None) -> dict:
+    """`nextchar eval`: evaluate a run (or a model by name) on a split and write the results (see results_path).
+
+    The result carries "run", "data" and, once written, "out" (the file's path).
+    """
+    if split not in SPLITS:
         raise UserError(f"--split {split!r}: choose dev or test")
-    run = Path(run)
-    pred = Predictor.load(run, backend=backend, device=device)
-    cfg = checkpoint.read_json(run / "config.json", "run config")
-    data = Path(data) if data is not None else Path(cfg.get("data", ""))
+    folder = engine.resolve(run)
+    pred = engine.load(folder, backend=backend, device=device, threads=threads)
+    data = data_dir(describe(folder), data)
     ds = open_data(data)
     res = evaluate(pred, ds, split, positions)
     res["run"] = str(run)
     res["data"] = str(data)
-    checkpoint.atomic_write_json(run / f"eval_{split}.json", res)
+    path = results_path(folder, split, out)
+    atomic_write_json(path, res)
+    res["out"] = str(path)
     return res

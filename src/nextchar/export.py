@@ -1,11 +1,12 @@
-"""ONNX export of a trained run (fp32, optionally int8) to a self-contained folder, its parity check and runtime.
+"""`nextchar export`: a trained run as a self-contained ONNX folder (fp32, optionally int8), with its parity check.
 
 The folder holds model.onnx (ids (B, T), rows (M,), cols (M,) -> log-probabilities (M, V) after
 ids[rows[m], :cols[m] + 1]); step.onnx (ids (B, T) and past_k0, past_v0, ... (B, H, P, Dh) per layer ->
 log-probabilities (B, V) after the last id and present_k0, present_v0, ... (B, H, P + T, Dh): the key/value
 cache for typing); key.onnx (the same for one id of one session: the lean per-keystroke graph); their
 .int8.onnx twins with --int8; vocab.json; and config.json, whose "export" entry marks
-the folder as an export and whose "source" names the run and checkpoint it came from.
+the folder as an export and whose "source" names the run and checkpoint it came from. The runtime that
+reads it is nextchar.engine.onnx_backend.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from nextchar import checkpoint
-from nextchar.config import ModelConfig
+from nextchar.engine.base import START, Predictor, rank
+from nextchar.engine.folder import data_dir, describe, write_description
+from nextchar.engine.onnx_backend import OnnxPredictor, cache_names
+from nextchar.engine.torch_backend import TorchPredictor
 from nextchar.errors import UserError
+from nextchar.files import atomic_write_bytes, read_json
 from nextchar.model import CharTransformer
-from nextchar.predict import START, Predictor, TorchPredictor, prev_ids, rank
 from nextchar.vocab import Vocab
 
 FORMATS = ("onnx",)
@@ -32,6 +35,7 @@ EXPORT_VERSION = 1
 OPSET = 17  # the first with LayerNormalization as one op
 GRAPHS = ("model", "step", "key")
 FILES = {**{g: f"{g}.onnx" for g in GRAPHS}, **{f"{g}_int8": f"{g}.int8.onnx" for g in GRAPHS}}
+WEIGHTS = "weights.bin"  # the graphs' shared large tensors (see share_weights)
 PARITY_TOL = 1e-4  # largest |probability difference| an fp32 export may show against PyTorch
 
 
@@ -62,10 +66,6 @@ class _Step(nn.Module):
         cache = [(past[2 * i], past[2 * i + 1]) for i in range(self.model.cfg.n_layers)]  # (B, H, P, Dh) each
         logits, _ = self.model(ids, cache=cache, last_only=True, prev=prev)  # (B, 1, V)
         return (torch.log_softmax(logits[:, -1], dim=-1), *[t for kv in cache for t in kv])  # (B, V), (B, H, P+T, Dh)..
-
-
-def cache_names(n_layers: int, prefix: str) -> list[str]:
-    return [f"{prefix}_{kind}{i}" for i in range(n_layers) for kind in "kv"]
 
 
 def _onnx_export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
@@ -157,6 +157,55 @@ def fold_shapes(path: Path) -> int:
     return folded
 
 
+def share_weights(folder: Path, names: list[str], min_size: int = 1024) -> dict:
+    """Move the large weights of several graphs into one file, WEIGHTS, each distinct tensor stored once.
+
+    The graphs of one export hold the same weights (the hashed n-gram table alone is most of a model), so they
+    point into one shared file (ONNX external data) instead of each carrying a copy. A float32 tensor whose
+    values are all exact in float16 (weights packaged with --half) is stored as float16 behind a Cast node,
+    which onnxruntime folds back to float32 when it loads the graph: the same numbers at half the bytes.
+    Returns {"bytes": size of WEIGHTS, "tensors": distinct tensors stored}.
+    """
+    import hashlib
+
+    import onnx
+    from onnx import helper, numpy_helper
+
+    blob, where = bytearray(), {}
+    for name in names:
+        model = onnx.load(str(folder / name))
+        casts = []
+        for init in model.graph.initializer:
+            arr = numpy_helper.to_array(init)
+            if arr.size < min_size:
+                continue
+            if arr.dtype == np.float32 and np.array_equal(arr.astype(np.float16).astype(np.float32), arr):
+                half = numpy_helper.from_array(arr.astype(np.float16), init.name + "_f16")
+                casts.append(helper.make_node("Cast", [half.name], [init.name], to=onnx.TensorProto.FLOAT))
+                init.CopyFrom(half)
+                arr = arr.astype(np.float16)
+            data = np.ascontiguousarray(arr).tobytes()
+            key = hashlib.sha256(data + str((arr.dtype, arr.shape)).encode()).hexdigest()
+            if key not in where:
+                blob += bytes(-len(blob) % 4096)  # page-aligned, so onnxruntime may map it
+                where[key] = (len(blob), len(data))
+                blob += data
+            init.ClearField("raw_data")
+            for field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+                init.ClearField(field)
+            init.data_location = onnx.TensorProto.EXTERNAL
+            del init.external_data[:]
+            for k, v in (("location", WEIGHTS), ("offset", where[key][0]), ("length", where[key][1])):
+                init.external_data.add(key=k, value=str(v))
+        if casts:  # Cast nodes read only initializers: they may come first in topological order
+            nodes = list(model.graph.node)
+            del model.graph.node[:]
+            model.graph.node.extend(casts + nodes)
+        onnx.save(model, str(folder / name))
+    atomic_write_bytes(folder / WEIGHTS, bytes(blob))
+    return {"bytes": len(blob), "tensors": len(where)}
+
+
 def quantize(src: Path, dst: Path) -> None:
     """Weights of every MatMul to int8 (activations quantized on the fly): onnxruntime's dynamic quantization."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -236,10 +285,9 @@ def int8_accuracy(fp32: Predictor, int8: Predictor, data: Path, positions: int) 
 
 def is_export(folder: Path) -> bool:
     try:
-        cfg = checkpoint.read_json(folder / "config.json")
+        return describe(folder).kind == "onnx"
     except UserError:
         return False
-    return isinstance(cfg, dict) and "export" in cfg
 
 
 def export(run: str | Path, out: str | Path, fmt: str = "onnx", int8: bool = False, positions: int = 200,
@@ -250,18 +298,22 @@ def export(run: str | Path, out: str | Path, fmt: str = "onnx", int8: bool = Fal
         raise UserError(f"--format {fmt!r}: unknown export format (choose from {', '.join(FORMATS)})")
     if not run.is_dir():
         raise UserError(f"{run}: run directory not found")
-    cfg = checkpoint.read_json(run / "config.json", "run config")
-    if "export" in cfg:
+    desc = describe(run)
+    cfg = desc.config
+    if desc.kind == "onnx":
         raise UserError(f"{run}: is an export folder, not a training run")
-    if cfg.get("model_type", "transformer") != "transformer":
-        raise UserError(f"{run}: a {cfg.get('model_type')} run has no ONNX export (export a Transformer run)")
+    if desc.kind != "transformer":
+        raise UserError(f"{run}: a {desc.kind} run has no ONNX export (export a Transformer run)")
     if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or is_export(out))):
         raise UserError(f"{out}: exists and is not an export folder; refusing to overwrite it")
     vocab = Vocab.load(run / "vocab.json")
     ref = TorchPredictor.from_run(run, cfg, vocab, "cpu")
     ref.model.float()
-    data = Path(cfg.get("data", ""))
     ds = None
+    try:
+        data = data_dir(desc)
+    except UserError:
+        data = Path(str(cfg.get("data", "")))  # int8_accuracy says it was not found
     if data.is_dir():
         from nextchar.data import open_data
 
@@ -282,11 +334,13 @@ def export(run: str | Path, out: str | Path, fmt: str = "onnx", int8: bool = Fal
             for name in GRAPHS:
                 quantize(tmp / FILES[name], tmp / FILES[f"{name}_int8"])
                 files[f"{name}_int8"] = FILES[f"{name}_int8"]
-        checkpoint.atomic_write_bytes(tmp / "vocab.json", (run / "vocab.json").read_bytes())
+        shared = share_weights(tmp, list(files.values()))
+        atomic_write_bytes(tmp / "vocab.json", (run / "vocab.json").read_bytes())
         ck = ref.checkpoint
-        state = checkpoint.read_json(ck / "state.json", "checkpoint state")
+        state = read_json(ck / "state.json", "checkpoint state")
         meta = {
-            "export": {"format": fmt, "version": EXPORT_VERSION, "opset": OPSET, "files": files},
+            "export": {"format": fmt, "version": EXPORT_VERSION, "opset": OPSET, "files": files, "weights": WEIGHTS,
+                       "weights_bytes": shared["bytes"]},
             "model_type": "transformer",
             "data": cfg.get("data"),  # where `nextchar eval --run EXPORT` finds the data by default
             "model": cfg["model"],
@@ -294,7 +348,7 @@ def export(run: str | Path, out: str | Path, fmt: str = "onnx", int8: bool = Fal
             "source": {"run": str(run.resolve()), "checkpoint": ck.name, "step": state.get("step"),
                        "data": cfg.get("data")},
         }
-        checkpoint.atomic_write_json(tmp / "config.json", meta)
+        write_description(tmp, meta)
 
         # Parity: PyTorch against the fp32 graphs, batch and typing; a miss means the export is wrong.
         prefixes = dev_prefixes(ds, parity_prefixes) if ds is not None else _random_prefixes(vocab, parity_prefixes)
@@ -309,7 +363,7 @@ def export(run: str | Path, out: str | Path, fmt: str = "onnx", int8: bool = Fal
             q = OnnxPredictor(tmp, int8=True, threads=0)
             meta["int8"] = {"parity": parity(fp32, q, prefixes),
                             "accuracy": int8_accuracy(fp32, q, data, positions)}
-        checkpoint.atomic_write_json(tmp / "config.json", meta)
+        write_description(tmp, meta)
         for f in tmp.iterdir():
             f.chmod(0o644)  # atomic writes create private temp files; an export is meant to be shipped
         _replace_dir(tmp, out)
@@ -338,7 +392,7 @@ def _replace_dir(src: Path, dst: Path) -> None:
 
 def format_summary(res: dict) -> str:
     """What `nextchar export` prints."""
-    files = ", ".join(list(res["export"]["files"].values()) + ["vocab.json", "config.json"])
+    files = ", ".join(list(res["export"]["files"].values()) + [WEIGHTS, "vocab.json", "config.json"])
     p = res["parity"]
     lines = [f"wrote {res['out']} ({files})",
              (f"parity fp32 vs PyTorch on {p['n']} prefixes: top-3 equal {p['topk_equal']:.2%}, "
@@ -355,77 +409,3 @@ def format_summary(res: dict) -> str:
                 lines.append(f"int8 dev {key.replace('_', ' ')}: {m['fp32']:.2%} -> {m['int8']:.2%} "
                              f"({100 * m['delta']:+.2f} points; {acc['positions']} positions/language)")
     return "\n".join(lines)
-
-
-# -- runtime ----------------------------------------------------------------------------------------------
-
-
-class OnnxPredictor(Predictor):
-    """An export folder run with onnxruntime on the CPU: model.onnx for batches, key.onnx per keystroke (step.onnx
-    when several ids arrive at once)."""
-
-    shares_windows = True
-
-    def __init__(self, folder: str | Path, int8: bool = False, threads: int = 1):
-        import onnxruntime as ort
-
-        folder = Path(folder)
-        cfg = checkpoint.read_json(folder / "config.json", "export config")
-        if not isinstance(cfg, dict) or "export" not in cfg:
-            raise UserError(f"{folder}: not an export folder (config.json has no 'export' entry)")
-        files = cfg["export"].get("files", {})
-        if cfg["export"].get("format") != "onnx" or "model" not in files:
-            raise UserError(f"{folder}: not an ONNX export (format {cfg['export'].get('format')!r})")
-        if int8 and "model_int8" not in files:
-            raise UserError(f"{folder}: has no int8 model (export it with --int8)")
-        self.vocab = Vocab.load(folder / "vocab.json")
-        if cfg.get("vocab_hash", self.vocab.hash) != self.vocab.hash:
-            raise UserError(f"{folder / 'vocab.json'}: not the vocabulary the model was exported with")
-        mcfg = ModelConfig(**cfg["model"])
-        self.cfg = mcfg
-        self.context = mcfg.context
-        self.run_id = folder.name
-        self.int8 = int8
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads  # 0 = onnxruntime's default (all cores)
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-
-        def open_graph(name: str):
-            path = folder / files[name]
-            try:
-                return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-            except Exception as e:  # noqa: BLE001 - onnxruntime's own types (NoSuchFile, InvalidProtobuf, ...)
-                raise UserError(f"{path}: cannot load ONNX model ({str(e).splitlines()[0][:200]})") from None
-
-        suffix = "_int8" if int8 else ""
-        self.full = open_graph("model" + suffix)
-        self.step = open_graph("step" + suffix) if "step" + suffix in files else None
-        self.key = open_graph("key" + suffix) if "key" + suffix in files and self.step is not None else None
-        self.incremental = self.step is not None
-        dh = mcfg.d_model // mcfg.n_heads
-        self._names = cache_names(mcfg.n_layers, "past")
-        self._empty = [np.zeros((1, mcfg.n_heads, 0, dh), np.float32)] * (2 * mcfg.n_layers)
-
-    def logprobs(self, contexts: list[np.ndarray]) -> np.ndarray:
-        return self._shared_logprobs(contexts)
-
-    def _positions(self, ids: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        return self.full.run(None, {"ids": ids, "rows": rows.astype(np.int64), "cols": cols.astype(np.int64)})[0]
-
-    def _start(self):
-        return self._empty
-
-    def _feed(self, state, ids: np.ndarray, before: np.ndarray):
-        graph = self.key if len(ids) == 1 and self.key is not None else self.step
-        feeds = {"ids": ids.astype(np.int64)[None], **dict(zip(self._names, state))}
-        tail = prev_ids(self.cfg, before)
-        if tail is not None:
-            feeds["prev"] = tail[None]  # (1, K)
-        out = graph.run(None, feeds)
-        return out[1:], out[0][0]  # the cache as (1, H, P+T, Dh) per layer's keys and values, logprobs (V,)
-
-    def _truncate(self, state, n: int):
-        if n == state[0].shape[2]:
-            return state
-        return [np.ascontiguousarray(t[:, :, :n]) for t in state]

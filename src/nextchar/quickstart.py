@@ -10,12 +10,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from nextchar import checkpoint
 from nextchar import config as config_mod
+from nextchar import engine
+from nextchar.engine.folder import describe
 from nextchar.errors import UserError
 from nextchar.evaluate import eval_run, format_table
-from nextchar.predict import Predictor
-from nextchar.train import fmt_time, set_threads, train
+from nextchar.runtime import set_threads
+from nextchar.train import fmt_time, train
 
 # Prefixes in several scripts and directions, shown after training.
 EXAMPLES = [
@@ -37,7 +38,7 @@ def quickstart(data: Path, run: Path, preset: str = "quick", minutes: float = 10
     set_threads(threads)
     data, run = Path(data), Path(run)
     if (run / "config.json").exists():
-        kind = checkpoint.read_json(run / "config.json", "run config").get("model_type", "transformer")
+        kind = describe(run).kind
         if kind != "mixture":
             raise UserError(f"{run}: holds a {kind} run, not a quickstart mixture (delete it or pick another --run)")
     if not (data / "stats.json").exists():
@@ -59,19 +60,19 @@ def quickstart(data: Path, run: Path, preset: str = "quick", minutes: float = 10
         cfg.train.threads = threads
         train(data, tr, cfg, resume=resume, preset=preset)
     if not (ng / "config.json").exists():
-        from nextchar.ngram import train_ngram
+        from nextchar.train_ngram import train_ngram
 
         print(f"== counting the order-{ngram_order} Kneser-Ney n-gram into {ng}")
         train_ngram(data, ng, ngram_order)
     if not (run / "config.json").exists():
-        from nextchar.mixture import make_mixture
+        from nextchar.mix import make_mixture
 
         print(f"== mixing them into {run} (weight tuned on dev)")
         make_mixture(tr, ng, run, data)
     print("== evaluating the mixture on the test split")
     res = eval_run(run, "test", data)
     print(format_table(res))
-    pred = Predictor.load(run)
+    pred = engine.load(run)
     print("== top-3 suggestions")
     for prefix in EXAMPLES:
         sugg = "   ".join(f"{c!r} {p:.2f}" for c, p in pred.topk(prefix, 3))

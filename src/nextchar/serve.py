@@ -28,11 +28,11 @@ from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from nextchar import keyboard
-from nextchar.adapt import MAX_SESSIONS, MAX_TEXT, WEIGHTS, AdaptiveSession, SessionStore, Weights, rank
+from nextchar import engine, keyboard
+from nextchar.adapt import MAX_SESSIONS, MAX_TEXT, WEIGHTS, AdaptiveSession, SessionStore, Weights
 from nextchar.complete import Completer
+from nextchar.engine.base import Predictor, rank
 from nextchar.errors import UserError
-from nextchar.predict import Predictor
 
 MAX_BODY = 64 * 1024  # bytes of request body; a prefix longer than this is useless to any model anyway
 MAX_K = 10
@@ -351,10 +351,12 @@ class BodyLimit:
 # ------------------------------------------------------------------------------------------ the app
 
 
-def create_app(predictor: Predictor | str | Path, backend: str = "torch", max_sessions: int = MAX_SESSIONS,
-               max_text: int = MAX_TEXT, weights: Weights = WEIGHTS, max_body: int = MAX_BODY) -> FastAPI:
-    """The FastAPI app for a loaded Predictor or a run directory (loaded with `backend`)."""
-    pred = predictor if isinstance(predictor, Predictor) else Predictor.load(predictor, backend=backend)
+def create_app(predictor: Predictor | str | Path, backend: str = "auto", max_sessions: int = MAX_SESSIONS,
+               max_text: int = MAX_TEXT, weights: Weights = WEIGHTS, max_body: int = MAX_BODY,
+               threads: int | None = None) -> FastAPI:
+    """The FastAPI app for a loaded Predictor, or a folder or model name (engine.load with backend, threads)."""
+    pred = (predictor if isinstance(predictor, Predictor)
+            else engine.load(predictor, backend=backend, threads=threads))
     sessions = SessionStore(pred, max_sessions=max_sessions, max_text=max_text, weights=weights)
     batcher = Batcher(pred)
     completer = Completer(pred)  # used on the model thread only; its memo holds no user text beyond prefixes
@@ -467,13 +469,14 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(run_path: str | Path, host: str = "127.0.0.1", port: int = 8000, backend: str = "torch") -> None:
+def serve(run_path: str | Path, host: str = "127.0.0.1", port: int = 8000, backend: str = "auto",
+          threads: int | None = None) -> None:
     """`nextchar serve`: load the run, listen, and serve until Ctrl-C."""
     import uvicorn
 
     sock = bind(host, port)  # before loading, so a taken port fails fast
     try:
-        app = create_app(run_path, backend=backend)
+        app = create_app(run_path, backend=backend, threads=threads)
     except BaseException:
         sock.close()
         raise
@@ -488,7 +491,7 @@ def serve(run_path: str | Path, host: str = "127.0.0.1", port: int = 8000, backe
 
 
 @contextlib.contextmanager
-def server_process(run: str | Path, host: str = "127.0.0.1", port: int = 0, backend: str = "torch",
+def server_process(run: str | Path, host: str = "127.0.0.1", port: int = 0, backend: str = "auto",
                    threads: int = 1, timeout: float = 120.0) -> Iterator[str]:
     """Run `nextchar serve` in a subprocess (port 0: a free one); yield its base URL; stop it on exit."""
     cmd = [sys.executable, "-m", "nextchar", "serve", "--run", str(run), "--host", host, "--port", str(port),

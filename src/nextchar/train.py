@@ -18,13 +18,24 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from nextchar import checkpoint
+from nextchar import checkpoint, files
 from nextchar.config import RunConfig, TrainConfig, parse_grow, replace
 from nextchar.data import BatchSampler, DataSet, open_data
+from nextchar.engine.folder import write_description
+from nextchar.engine.torch_backend import TorchPredictor
 from nextchar.errors import UserError
 from nextchar.evaluate import evaluate
 from nextchar.model import CharTransformer
-from nextchar.predict import TorchPredictor
+from nextchar.runtime import (
+    device_name,
+    is_main,
+    local_rank,
+    print0,
+    rank,
+    resolve_device,
+    set_threads,
+    world,
+)
 
 # Rank 0 evaluates and saves while the other ranks wait in a collective; the wait must outlast the final
 # evaluation (2000 positions x 24 languages), so the process group's timeout is generous.
@@ -37,28 +48,7 @@ PEAK_BF16_TFLOPS = (
 )
 
 
-# -- ranks ------------------------------------------------------------------------------------------
-def rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def world() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def is_main() -> bool:
-    return rank() == 0
-
-
-def print0(*args, **kwargs) -> None:
-    if is_main():
-        print(*args, **kwargs, flush=True)
-
-
+# -- ranks (rank, world, is_main, print0 live in nextchar.runtime) -----------------------------------
 def setup_distributed(device: str) -> bool:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1); NCCL on GPU, gloo on CPU.
 
@@ -88,24 +78,7 @@ def gather(obj) -> list:
     return out
 
 
-# -- settings ---------------------------------------------------------------------------------------
-def set_threads(n: int) -> int:
-    """Set torch's CPU threads explicitly (0 = the cores this process may use, shared out among local ranks)."""
-    if n <= 0:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        n = max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    torch.set_num_threads(n)
-    return n
-
-
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available (use --device cpu or auto)")
-    return name
-
-
+# -- schedule ---------------------------------------------------------------------------------------
 def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
     """Linear warmup over warmup_steps, then cosine from lr down to lr * min_lr_ratio as progress goes 0 -> 1."""
     if step < cfg.warmup_steps:
@@ -161,14 +134,6 @@ def peak_flops(device_name: str) -> float | None:
         if key in name:
             return tflops * 1e12
     return None
-
-
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    import platform
-
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
 class Progress:
@@ -261,7 +226,7 @@ def prepare_run_dir(out: Path, cfg: RunConfig, ds: DataSet, resume: bool, preset
     if cfg_path.exists():
         if not resume:
             raise UserError(f"{out}: run directory already holds a run (use --resume, or another --out)")
-        old = checkpoint.read_json(cfg_path, "run config")
+        old = files.read_json(cfg_path, "run config")
         if old.get("vocab_hash") != ds.vocab.hash:
             raise UserError(f"{out}: run was trained with another vocabulary ({old.get('vocab_hash')}) than "
                             f"{ds.path} ({ds.vocab.hash})")
@@ -272,7 +237,7 @@ def prepare_run_dir(out: Path, cfg: RunConfig, ds: DataSet, resume: bool, preset
     barrier()
     if is_main():
         out.mkdir(parents=True, exist_ok=True)
-        checkpoint.atomic_write_json(cfg_path, {
+        write_description(out, {
             "model_type": "transformer", "preset": preset, "data": str(ds.path.resolve()),
             "vocab_hash": ds.vocab.hash, "languages": ds.languages, **cfg.to_dict()})
         ds.vocab.save(out / "vocab.json")
@@ -510,12 +475,12 @@ def _train(data: str | Path, out: Path, cfg: RunConfig, device: str, resume: boo
         final_model.load_state_dict(checkpoint.load(best_ck, with_optimizer=False)[0])
         final = dev_eval(final_model, tc.final_eval_positions)
         result = {"run": str(out), "preset": preset, "config": cfg.to_dict(), "params": params,
-                  "best_dev_loss": best, "best_step": checkpoint.read_json(best_ck / "state.json")["step"],
+                  "best_dev_loss": best, "best_step": files.read_json(best_ck / "state.json")["step"],
                   "dev": final["macro"], "dev_languages": final["languages"],
                   "top1": final["macro"]["top1"], "top3": final["macro"]["top3"], "dev_bpc": final["macro"]["bpc"],
                   "train_seconds": train_seconds, "tokens": tokens, "steps": step, "device": device_name(device),
                   "tok_per_s": tokens / max(1e-9, train_seconds), "threads": threads, "world_size": world()}
-        checkpoint.atomic_write_json(out / "result.json", result)
+        files.atomic_write_json(out / "result.json", result)
         print0(f"done: {step} steps, {tokens:,} tokens in {fmt_time(train_seconds)}; best dev loss {best:.4f} "
                f"({best / math.log(2):.3f} bpc), dev top-1 {result['top1']:.2%}, top-3 {result['top3']:.2%}")
     barrier()  # the other ranks leave only once the run is complete on disk
@@ -531,7 +496,7 @@ def train_from_options(data: str, out: str, preset: str | None, config: str | No
     base = None
     if resume and cfg_path.exists():
         base = config_mod.read_run_config(out)
-        preset = checkpoint.read_json(cfg_path, "run config").get("preset")  # already folded into base
+        preset = files.read_json(cfg_path, "run config").get("preset")  # already folded into base
         cfg = config_mod.load(None, config, sets, base=base)
     else:
         preset = preset or (None if config else "quick")

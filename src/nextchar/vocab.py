@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nextchar.checkpoint import atomic_write_bytes
 from nextchar.errors import UserError
+from nextchar.files import atomic_write_bytes
 
 SPECIALS = ["<unk>"]
 UNK = 0

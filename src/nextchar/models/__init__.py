@@ -1,72 +1,33 @@
-"""Models shipped inside the package: `default/` is what commands use when no --run is given."""
+"""Models shipped inside the package, by name: `default/` is what commands use when no --run is given."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
-from nextchar import checkpoint
 from nextchar.errors import UserError
 
-DEFAULT = Path(__file__).parent / "default"
+ROOT = Path(__file__).parent
+DEFAULT = ROOT / "default"
+
+
+def names() -> list[str]:
+    """Names of the shipped models (folders here with a config.json)."""
+    return sorted(d.name for d in ROOT.iterdir() if (d / "config.json").is_file())
+
+
+def find(name: str) -> Path | None:
+    """The folder of a shipped model by name, or None."""
+    folder = ROOT / name
+    return folder if name in names() else None
 
 
 def default_model() -> Path:
-    """The shipped default run directory (config.json, vocab.json, best weights)."""
+    """The shipped default model's folder (config.json, vocab.json, best weights)."""
     if not (DEFAULT / "config.json").exists():
         raise UserError(f"no default model is shipped in {DEFAULT}; pass --run RUN_DIR")
     return DEFAULT
 
 
-def package_model(run: str | Path, out: str | Path, command: str = "", half: bool = False) -> Path:
-    """Copy a run's best weights (no optimizer state), config and vocabulary, and write MODEL_CARD.md.
-
-    half=True stores the weights as float16 (half the size; they are widened to float32 again on load).
-    """
-    run, out = Path(run), Path(out)
-    ck = checkpoint.find(run, "best")
-    if ck is None:
-        raise UserError(f"{run}: run has no best checkpoint to package")
-    test = checkpoint.read_json(run / "eval_test.json", "test evaluation (run `nextchar eval --split test` first)")
-    weights, _, state = checkpoint.load(ck, with_optimizer=False)
-    if half:
-        weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
-    state = {k: v for k, v in state.items() if k not in ("optimizer", "sampler", "rng", "files")}
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    cfg = checkpoint.read_json(run / "config.json", "run config")
-    checkpoint.atomic_write_json(out / "config.json", cfg)
-    shutil.copy(run / "vocab.json", out / "vocab.json")
-    checkpoint.save(out, weights, None, state, tags=("best", "latest"))
-    result = checkpoint.read_json(run / "result.json", "result")
-    checkpoint.atomic_write_bytes(out / "MODEL_CARD.md", model_card(cfg, result, test, command, half).encode("utf-8"))
-    return out
-
-
-def model_card(cfg: dict, result: dict, test: dict, command: str, half: bool = False) -> str:
-    """A short description of a packaged model: what it is, how it was trained, its test metrics."""
-    m = cfg["model"]
-    ngrams = (f", hashed 2..{m['ngram_order']}-gram inputs ({m['ngram_buckets']:,} table rows)"
-              if m.get("ngram_buckets") else "")
-    stored = ("Weights stored as float16 (`nextchar package --half`); the test metrics below are the float32 run's."
-              if half else "")
-    lines = [
-        "# nextchar default model", "",
-        f"A {m['variant']} character Transformer: {m['n_layers']} layers, width {m['d_model']}, {m['n_heads']} heads, "
-        f"feed-forward {m['d_ff']}, context {m['context']} characters{ngrams}, {result['params']:,} parameters, "
-        f"vocabulary of {m['vocab_size']} symbols over {len(cfg.get('languages', []))} languages "
-        f"({', '.join(cfg.get('languages', []))}).", "", *([stored, ""] if stored else []),
-        f"Trained with nextchar's own pipeline for {result['train_seconds'] / 60:.1f} minutes "
-        f"({result['steps']:,} steps, {result['tokens']:,} characters) on {result.get('device', '?')}; "
-        f"best dev loss {result['best_dev_loss']:.4f} nats (step {result.get('best_step', '?')}).", "",
-        "Command:", "", "```sh", command or "(not recorded)", "```", "",
-        f"## Test metrics ({test['positions']} positions per language, `nextchar eval --split test`)", "",
-        "| language | top-1 | top-3 | bits/char |", "|---|---|---|---|",
-    ]
-    for lang, r in test["languages"].items():
-        lines.append(f"| {lang} | {r['top1']:.2%} | {r['top3']:.2%} | {r['bpc']:.3f} |")
-    for name in ("macro", "micro"):
-        r = test[name]
-        lines.append(f"| **{name}** | **{r['top1']:.2%}** | **{r['top3']:.2%}** | **{r['bpc']:.3f}** |")
-    return "\n".join(lines) + "\n"
+def is_shipped(path: str | Path) -> bool:
+    """Whether path lies inside the installed package's models (never a place to write results)."""
+    return Path(path).resolve().is_relative_to(ROOT.resolve())

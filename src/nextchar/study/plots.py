@@ -8,7 +8,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from nextchar import checkpoint
+from nextchar import files
 from nextchar.study.findings import anomalies, by_accuracy, pareto
 from nextchar.study.results import Row
 
@@ -16,7 +16,7 @@ from nextchar.study.results import Row
 def _save(fig: Any, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
-    checkpoint.atomic_write_bytes(path, buf.getvalue())
+    files.atomic_write_bytes(path, buf.getvalue())
 
 
 def write_plots(folder: Path, rows: list[Row], langs: list[str]) -> None:

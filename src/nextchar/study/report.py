@@ -8,7 +8,7 @@ import math
 import statistics
 from pathlib import Path
 
-from nextchar import checkpoint
+from nextchar import files
 from nextchar.errors import UserError
 from nextchar.study.findings import by_accuracy, dur, key_findings, md_table, noise, pct, recipe_table, secs
 from nextchar.study.plots import write_plots
@@ -197,7 +197,7 @@ def write_report(study: str | Path, max_train_minutes: float | None = None, max_
             raise UserError(f"{opt} {v}: must be positive")
     if not (study / STUDY_FILE).exists():
         raise UserError(f"{study}: not a study directory (no {STUDY_FILE}; run `nextchar study run` first)")
-    st = checkpoint.read_json(study / STUDY_FILE, "study description")
+    st = files.read_json(study / STUDY_FILE, "study description")
     rows, missing = load_rows(study, st)
     langs = sorted({lang for r in rows for lang in r.langs})
     lines = header(study, st, rows)
@@ -224,8 +224,8 @@ def write_report(study: str | Path, max_train_minutes: float | None = None, max_
         lines += ["## Not finished", "",
                   (f"{len(missing)} point(s) have no test results yet: {', '.join(missing)}. Resume with the command "
                   f"above (`nextchar study run` skips finished points and resumes interrupted ones)."), ""]
-    checkpoint.atomic_write_bytes(study / "report.md", ("\n".join(lines).rstrip() + "\n").encode("utf-8"))
-    checkpoint.atomic_write_bytes(study / "results.csv", results_csv(rows, langs).encode("utf-8"))
+    files.atomic_write_bytes(study / "report.md", ("\n".join(lines).rstrip() + "\n").encode("utf-8"))
+    files.atomic_write_bytes(study / "results.csv", results_csv(rows, langs).encode("utf-8"))
     if rows:
         write_plots(study / "plots", rows, langs)
     return study / "report.md"

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nextchar import checkpoint
+from nextchar import files
 
 STUDY_FILE = "study.json"  # the study's own description: grids, points, budget, data, commands
 NGRAM_DIR = "ngram"  # the baseline's run directory inside a study
@@ -84,9 +84,9 @@ def _curves(run: Path) -> tuple[list[tuple[int, float]], list[tuple[int, float]]
 
 
 def _row(run: Path, name: str, variant: str, founding: dict[str, float], preset: str) -> Row:
-    res = checkpoint.read_json(run / "result.json", "run result")
-    ev = checkpoint.read_json(run / "eval_test.json", "test evaluation")
-    lat = checkpoint.read_json(run / "latency.json", "latency") if (run / "latency.json").exists() else {}
+    res = files.read_json(run / "result.json", "run result")
+    ev = files.read_json(run / "eval_test.json", "test evaluation")
+    lat = files.read_json(run / "latency.json", "latency") if (run / "latency.json").exists() else {}
     dev, tr = _curves(run)
     langs = {k: {"top1": v["top1"], "top3": v["top3"], "n": v["n"]} for k, v in ev["languages"].items()}
     return Row(name=name, dir=run.name, variant=variant, model=res["config"]["model"], params=int(res["params"]),

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from nextchar import checkpoint
+from nextchar import files
 from nextchar.config import RunConfig
 from nextchar.errors import UserError
 from nextchar.study.grid import Point, load_grid, parse_sets
@@ -48,10 +48,10 @@ def measure_latency(run: Path, prefixes: list[str]) -> dict:
     """Median milliseconds of Predictor.topk(prefix, 3) with 1 CPU thread: the per-keystroke cost."""
     import torch
 
-    from nextchar.predict import Predictor
-    from nextchar.train import device_name
+    from nextchar import engine
+    from nextchar.runtime import device_name
 
-    pred = Predictor.load(run)
+    pred = engine.load(run)
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -67,7 +67,7 @@ def measure_latency(run: Path, prefixes: list[str]) -> dict:
     times.sort()
     res = {"median_ms": statistics.median(times), "p90_ms": times[int(0.9 * (len(times) - 1))],
            "prefixes": len(times), "k": 3, "threads": 1, "device": device_name("cpu")}
-    checkpoint.atomic_write_json(run / "latency.json", res)
+    files.atomic_write_json(run / "latency.json", res)
     return res
 
 
@@ -82,8 +82,8 @@ def _all_finished(out: Path, st: dict) -> bool:
 
 def _add_wall(run: Path, name: str, seconds: float) -> None:
     p = run / POINT_FILE
-    old = checkpoint.read_json(p, "study point").get("wall_seconds", 0.0) if p.exists() else 0.0
-    checkpoint.atomic_write_json(p, {"name": name, "wall_seconds": old + seconds})
+    old = files.read_json(p, "study point").get("wall_seconds", 0.0) if p.exists() else 0.0
+    files.atomic_write_json(p, {"name": name, "wall_seconds": old + seconds})
 
 
 def _fmt_eta(s: float) -> str:
@@ -131,8 +131,8 @@ def run_study(grid: str | Path | list[str | Path], data: str | Path, out: str | 
               sets: list[str] | None = None, progress: bool = True) -> Path:
     """`nextchar study run`: validate every grid, train each point that is not finished, write the report."""
     from nextchar import evaluate
-    from nextchar import ngram as ngram_mod
     from nextchar import train as train_mod
+    from nextchar import train_ngram as ngram_mod
     from nextchar.data import open_data
     from nextchar.model import CharTransformer
 
@@ -151,7 +151,7 @@ def run_study(grid: str | Path | list[str | Path], data: str | Path, out: str | 
                 raise UserError(f"{g}: configuration {p.name!r} ({p.dir}) is also in {clash.grid}")
             points.append(p)
     st_path = out / STUDY_FILE
-    st = checkpoint.read_json(st_path, "study description") if st_path.exists() else None
+    st = files.read_json(st_path, "study description") if st_path.exists() else None
     if budget_tokens is not None and budget_minutes is not None:
         raise UserError("--budget-tokens and --budget-minutes: give one budget, not both")
     if budget_tokens is not None and budget_tokens < 1 or budget_minutes is not None and budget_minutes <= 0:
@@ -194,7 +194,7 @@ def run_study(grid: str | Path | list[str | Path], data: str | Path, out: str | 
             cfg.train.final_eval_positions = cfg.train.eval_positions  # the study's numbers come from test
         old = known.get(p.dir)
         run_cfg = out / p.dir / "config.json"
-        ran = checkpoint.read_json(run_cfg, "run config") if run_cfg.exists() else None
+        ran = files.read_json(run_cfg, "run config") if run_cfg.exists() else None
         diff = (config_diff(old["config"], cfg.to_dict()) if old is not None else
                 config_diff({"model": ran["model"], "train": ran["train"]}, cfg.to_dict()) if ran is not None else [])
         if diff and _finished(out / p.dir):
@@ -233,7 +233,7 @@ def run_study(grid: str | Path | list[str | Path], data: str | Path, out: str | 
     if not _all_finished(out, st):
         st["finished"] = None  # kept when a finished study is re-run, so its report does not change
     out.mkdir(parents=True, exist_ok=True)
-    checkpoint.atomic_write_json(st_path, st)
+    files.atomic_write_json(st_path, st)
 
     # -- the sweep -------------------------------------------------------------------------------------
     eval_device = train_mod.resolve_device(points[0].cfg.train.device) if points else "cpu"
@@ -256,7 +256,7 @@ def run_study(grid: str | Path | list[str | Path], data: str | Path, out: str | 
 
     def point_seconds(p: Point) -> float | None:
         f = out / p.dir / POINT_FILE
-        return checkpoint.read_json(f, "study point")["wall_seconds"] if _finished(out / p.dir) and f.exists() else None
+        return files.read_json(f, "study point")["wall_seconds"] if _finished(out / p.dir) and f.exists() else None
 
     cost = {p.dir: train_flops(p.cfg, params[p.dir]) if "tokens" in budget else 1.0 for p in points}
     try:
@@ -298,6 +298,6 @@ def run_study(grid: str | Path | list[str | Path], data: str | Path, out: str | 
         raise
     if _all_finished(out, st) and not st["finished"]:
         st["finished"] = datetime.now(timezone.utc).strftime("%Y-%m-%d")
-        checkpoint.atomic_write_json(st_path, st)
+        files.atomic_write_json(st_path, st)
     return write_report(out)
 

@@ -1,0 +1,54 @@
+"""The mixture backend: two predictors interpolated, p = w·p_a + (1-w)·p_b, each reading its own window."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from nextchar.engine.base import Predictor
+from nextchar.errors import UserError
+
+
+class MixturePredictor(Predictor):
+    """Linear interpolation of two predictors over the same vocabulary.
+
+    Each part reads the whole history through its own window (a Transformer its last `context` ids, an n-gram
+    its last order - 1), and a typing state is the pair of the parts' states, so a part with a key/value cache
+    keeps it while the other is computed its own way.
+    """
+
+    def __init__(self, a: Predictor, b: Predictor, weight: float, run_id: str = ""):
+        if a.vocab.hash != b.vocab.hash:
+            raise UserError("mixture components use different vocabularies")
+        if not 0.0 < weight < 1.0:
+            raise UserError(f"mixture weight {weight}: must be between 0 and 1 (exclusive)")
+        super().__init__(a.vocab, max(a.context, b.context), run_id)
+        self.a, self.b, self.weight = a, b, weight
+        self.incremental = a.incremental or b.incremental
+        self.stride = max(a.stride, b.stride)
+
+    def _mix(self, la: np.ndarray, lb: np.ndarray) -> np.ndarray:
+        return np.logaddexp(la + math.log(self.weight), lb + math.log1p(-self.weight))
+
+    def logprobs(self, contexts: list[np.ndarray]) -> np.ndarray:
+        return self._mix(self.a.logprobs(contexts), self.b.logprobs(contexts))  # (N, V)
+
+    def windowed(self, stride: int) -> MixturePredictor:
+        a, b = self.a.windowed(stride), self.b.windowed(stride)
+        return self._with(a=a, b=b, stride=max(a.stride, b.stride))
+
+    def start(self) -> tuple:
+        return self.a.start(), self.b.start()
+
+    def feed(self, state: tuple, ids: np.ndarray) -> tuple[tuple, np.ndarray]:
+        sa, la = self.a.feed(state[0], ids)  # (V,)
+        sb, lb = self.b.feed(state[1], ids)  # (V,)
+        return (sa, sb), self._mix(la, lb)
+
+    def truncate(self, state: tuple, n: int) -> tuple:
+        return self.a.truncate(state[0], n), self.b.truncate(state[1], n)
+
+    def work(self, state: tuple) -> tuple[int, int]:
+        (ra, fa), (rb, fb) = self.a.work(state[0]), self.b.work(state[1])
+        return ra + rb, fa + fb

@@ -1,0 +1,89 @@
+"""Evaluation metrics computed by hand on a toy distribution, and where `nextchar eval` writes its results."""
+
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nextchar import models
+from nextchar.data import DataSet
+from nextchar.engine.base import Predictor, window
+from nextchar.errors import UserError
+from nextchar.evaluate import eval_run, evaluate, format_table, results_path
+from nextchar.vocab import Vocab
+
+VOCAB = Vocab(["<unk>", "\n", " ", "a", "b"])  # ids 0..4; the newline (1) is never suggested
+# The next-id distribution after each last id (START = "\n" before an empty history).
+TABLE = {
+    0: [0.2, 0.2, 0.2, 0.2, 0.2],
+    1: [0.0, 0.1, 0.2, 0.6, 0.1],  # after the paragraph start: a, space, b
+    2: [0.1, 0.1, 0.1, 0.4, 0.3],  # after a space: a, b, space
+    3: [0.05, 0.3, 0.1, 0.15, 0.4],  # after a: b, a, space (the newline's 0.3 is never suggested)
+    4: [0.0, 0.0, 0.5, 0.25, 0.25],  # after b: space, then a before b (equal: the lower id first)
+}
+
+
+class Toy(Predictor):
+    def __init__(self):
+        super().__init__(VOCAB, context=1)
+
+    def logprobs(self, contexts):
+        with np.errstate(divide="ignore"):
+            return np.log(np.array([TABLE[int(window(h, 1, self.start_id)[-1])] for h in contexts]))
+
+
+def toy_data(texts: dict[str, str]) -> DataSet:
+    arrays = {(lang, "dev"): VOCAB.encode(t) for lang, t in texts.items()}
+    return DataSet(Path("toy"), VOCAB, {}, list(texts), arrays)
+
+
+def test_metrics_by_hand():
+    ds = toy_data({"xx": "ab a\nb", "yy": "bb"})
+    res = evaluate(Toy(), ds, "dev", positions=100)  # more positions than characters: every one
+    xx, yy = res["languages"]["xx"], res["languages"]["yy"]
+    # xx: a after START (p .6, top-1), b after a (.4, top-1), space after b (.5, top-1), a after space (.4,
+    # top-1), newline after a (.3: never suggested, a miss), b after the newline (.1: third)
+    assert (xx["n"], xx["top1"], xx["top3"]) == (6, 4 / 6, 5 / 6)
+    assert xx["ce"] == pytest.approx(-(math.log(.6) + math.log(.4) + math.log(.5) + math.log(.4) + math.log(.3)
+                                       + math.log(.1)) / 6)
+    assert xx["bpc"] == pytest.approx(xx["ce"] / math.log(2))
+    # yy: b after START (.1, third), b after b (.25: third, after the equal a with the lower id)
+    assert (yy["n"], yy["top1"], yy["top3"]) == (2, 0.0, 1.0)
+    assert yy["ce"] == pytest.approx(-(math.log(.1) + math.log(.25)) / 2)
+    assert res["macro"]["top1"] == pytest.approx((4 / 6 + 0) / 2) and res["micro"]["top1"] == pytest.approx(4 / 8)
+    assert res["macro"]["top3"] == pytest.approx((5 / 6 + 1) / 2) and res["micro"]["top3"] == pytest.approx(7 / 8)
+    assert res["micro"]["ce"] == pytest.approx((6 * xx["ce"] + 2 * yy["ce"]) / 8)
+    table = format_table(res)
+    assert "xx" in table and "66.67%" in table and "macro" in table
+
+
+def test_positions_are_evenly_spaced_and_see_their_own_past_only():
+    res = evaluate(Toy(), toy_data({"xx": "ab a\nb"}), "dev", positions=3)  # positions 1, 3, 5
+    m = res["languages"]["xx"]
+    assert (m["n"], m["top1"], m["top3"]) == (3, 2 / 3, 1.0)
+    assert m["ce"] == pytest.approx(-(math.log(.4) + math.log(.4) + math.log(.1)) / 3)
+
+
+def test_errors():
+    other = DataSet(Path("other"), Vocab(["<unk>", "\n", "z"]), {}, ["xx"], {})
+    with pytest.raises(UserError, match="differs from the model's"):
+        evaluate(Toy(), other, "dev")
+    with pytest.raises(UserError, match="empty for every language"):
+        evaluate(Toy(), toy_data({"xx": ""}), "dev")
+
+
+def test_results_go_where_asked_and_never_into_a_shipped_model(tiny_run, tiny_data_dir, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    res = eval_run(run, "dev", tiny_data_dir, positions=10, out=tmp_path / "r.json")
+    assert res["out"] == str(tmp_path / "r.json") and (tmp_path / "r.json").exists()
+    assert not (run / "eval_dev.json").exists()
+    eval_run(run, "dev", positions=10)  # the data found from the run's own description
+    assert (run / "eval_dev.json").exists()
+    monkeypatch.chdir(tmp_path)
+    assert results_path(models.DEFAULT, "test") == tmp_path / "eval_test.json"
+    assert results_path(run, "test", tmp_path) == tmp_path / "eval_test.json"
+    with pytest.raises(UserError, match="--split"):
+        eval_run(run, "valid")
