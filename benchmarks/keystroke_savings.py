@@ -23,6 +23,9 @@ default configuration, 3 suggestions. Its suggestions are whole words; the compl
 the word part Presage is completing (its context's last token, compared case-insensitively as its lower-case
 mode does). Line breaks reach Presage as spaces (its tool reads lines; both are blank space to its tokenizer).
 Without Presage installed the Presage columns are skipped with a message saying how to install it.
+
+`--adapt` adds "nextchar+cache": the same with the server's per-session adaptation (nextchar.adapt), whose cache
+model reads the text typed so far; Presage's counterpart, online learning, stays off (0.9.1 aborts with it on).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from pathlib import Path
 
 import torch
 
+from nextchar.adapt import AdaptiveSession
 from nextchar.complete import Completer, CompletionConfig, current_word, is_word_char
 from nextchar.data import open_data
 from nextchar.predict import Predictor
@@ -105,11 +109,14 @@ def simulate(text: str, system, lang: str) -> Result:
 class Nextchar:
     """3 completions (a Completer kept for the whole text, as in a typing session) and 3 next characters."""
 
-    def __init__(self, pred: Predictor, slots: int, config: CompletionConfig, no_repeat: bool = True):
-        self.name = "nextchar"
+    def __init__(self, pred: Predictor, slots: int, config: CompletionConfig, no_repeat: bool = True,
+                 adapt: bool = False):
+        self.name = "nextchar+cache" if adapt else "nextchar"
         self.pred, self.slots = pred, slots
         self.completer = Completer(pred, config)
         self.session = pred.session()
+        # the server's per-user adaptation: a cache model of what this user typed (here: the text so far)
+        self.adaptive = AdaptiveSession(pred) if adapt else None
         self.no_repeat = no_repeat
         self.word_start, self.shown = None, set()
 
@@ -120,9 +127,9 @@ class Nextchar:
             self.word_start, self.shown = start, set()
         # words already shown for this word and not taken are not shown again (Presage's default selector)
         exclude = {w[len(word):] for w in self.shown if w.startswith(word)} if self.no_repeat else ()
-        rests = [s for s, _ in self.completer.complete(prefix, self.slots, exclude=exclude)]
+        rests = [s for s, _ in self.completer.complete(prefix, self.slots, self.adaptive, exclude)]
         self.shown.update(word + r for r in rests)
-        chars = [c for c, _ in self.session.topk(prefix, 3)]
+        chars = [c for c, _ in (self.adaptive or self.session).topk(prefix, 3)]
         return rests, chars
 
 
@@ -264,6 +271,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--pool", type=int, default=CompletionConfig.pool)
     ap.add_argument("--split", default="test", help="test (the table) or dev (for tuning the search)")
     ap.add_argument("--repeat", action="store_true", help="nextchar may show a word again that was not taken")
+    ap.add_argument("--adapt", action="store_true",
+                    help="also run nextchar with the server's per-session cache model over the text typed so far")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None, help="also write the rows as JSON to this file")
     args = ap.parse_args(argv)
@@ -289,21 +298,24 @@ def main(argv: list[str] | None = None) -> None:
         text = ds.text(lang, args.split)
         text = text[:args.chars] if args.chars else text
         rows.append(simulate(text, Nextchar(pred, args.slots, cfg, not args.repeat), lang))
+        if args.adapt:
+            rows.append(simulate(text, Nextchar(pred, args.slots, cfg, not args.repeat, adapt=True), lang))
         if lang in plangs:
             p = Presage(build_presage_db(ds, lang, Path(args.presage_dir)), args.slots, Path(args.presage_dir))
             try:
                 rows.append(simulate(text, p, lang))
             finally:
                 p.close()
-        for r in rows[-2:] if lang in plangs else rows[-1:]:
+        for r in [r for r in rows if r.lang == lang]:
             print(f"{lang} {r.system:<8} KS {100 * r.ks:5.1f}%  keystrokes {r.keystrokes:6d}/{r.chars}  "
                   f"{r.ms:6.2f} ms/prediction  accepted {r.accepted}"
                   + (f"  chars top-3 {100 * r.char_hits / r.char_asked:.1f}%" if r.char_asked else ""), flush=True)
     print()
     print(table(rows))
-    ours = [r for r in rows if r.system == "nextchar"]
-    mean = sum(r.ks for r in ours) / len(ours)
-    print(f"\nnextchar mean KS over {len(ours)} languages: {100 * mean:.1f}%; took {time.perf_counter() - t0:.0f} s")
+    for name in dict.fromkeys(r.system for r in rows):
+        ours = [r for r in rows if r.system == name]
+        print(f"{name} mean KS over {len(ours)} languages: {100 * sum(r.ks for r in ours) / len(ours):.1f}%")
+    print(f"took {time.perf_counter() - t0:.0f} s")
     if args.json:
         with open(args.json + ".tmp", "w", encoding="utf-8") as f:
             json.dump([asdict(r) | {"ks": r.ks, "ms": r.ms} for r in rows], f, indent=1)
