@@ -13,6 +13,7 @@ Target (issue 13): p50 <= 10 ms on one core with the default model.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -44,24 +45,39 @@ def main(argv: list[str] | None = None) -> None:
     cfg = CompletionConfig(beam=args.beam, max_chars=args.max_chars)
     completer = Completer(pred, cfg)
     completer.complete("Warm up the model. ", 3)
-    wall, cpu, computed = [], [], []
+    wall, cpu, computed, calls = [], [], [], []
     for lang in args.langs:
         text = ds.text(lang, "test")[:args.chars]
         for i in range(len(text) + 1):
             prefix = text[:i]
-            before = completer.computed
+            before, before_calls = completer.computed, completer.calls
             t, c = time.perf_counter(), time.thread_time()
             completer.complete(prefix, 3)
             wall.append(time.perf_counter() - t)
             cpu.append(time.thread_time() - c)
             computed.append(completer.computed - before)
+            calls.append(completer.calls - before_calls)
     ms, cms = np.array(wall) * 1e3, np.array(cpu) * 1e3
     print(f"model {pred.run_id} ({type(pred).__name__}), beam {cfg.beam}, max_chars {cfg.max_chars}, "
           f"threads {args.threads}, {len(ms)} keystrokes in {', '.join(args.langs)}")
     print(f"wall ms  p50 {np.percentile(ms, 50):.2f}  p90 {np.percentile(ms, 90):.2f}  p99 {np.percentile(ms, 99):.2f}"
           f"  mean {ms.mean():.2f}")
     print(f"cpu ms   p50 {np.percentile(cms, 50):.2f}  p90 {np.percentile(cms, 90):.2f}")
-    print(f"distributions computed per keystroke: mean {np.mean(computed):.1f}, p50 {np.median(computed):.0f}")
+    print(f"distributions computed per keystroke: mean {np.mean(computed):.1f}, p50 {np.median(computed):.0f}; "
+          f"model calls per keystroke: mean {np.mean(calls):.2f}, p50 {np.median(calls):.0f}")
+    # the scale of this machine right now: one search step of the model (4 hypotheses, one new id each)
+    if pred.incremental:
+        ids = pred.vocab.encode("\n" + ds.text(args.langs[0], "test")[:40])
+        state, _ = pred._feed(pred._start(), ids, ids[:0])
+        step, befores = np.full(4, int(ids[-1])), [ids] * 4
+        t = []
+        for _ in range(200):
+            t0 = time.perf_counter()
+            pred._feed_many([state] * 4, step, befores)
+            t.append(time.perf_counter() - t0)
+        print(f"one batched model step (4 hypotheses, 41 ids of context): p50 {1e3 * np.median(t):.2f} ms, "
+              f"min {1e3 * np.min(t):.2f} ms")
+    print(f"load average: {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
 
 
 if __name__ == "__main__":

@@ -306,3 +306,68 @@ def test_key_value_cache_path_on_a_long_prefix_sees_its_moving_window(any_pred):
         last = typing.complete(long[:i], 3)
     assert [s for s, _ in last] == [s for s, _ in got]
     np.testing.assert_allclose([q for _, q in last], [q for _, q in got], rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------- the keystroke simulation
+
+
+@pytest.fixture(scope="module")
+def ks():
+    """benchmarks/keystroke_savings.py as a module (benchmarks are scripts, not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "keystroke_savings.py"
+    spec = importlib.util.spec_from_file_location("keystroke_savings", path)
+    mod = importlib.util.module_from_spec(spec)
+    import sys
+
+    sys.modules["keystroke_savings"] = mod  # its dataclass looks its module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_accept_takes_the_longest_completion_that_ends_the_word(ks):
+    text = "the theory, then"
+    assert ks.accept(text, 1, ["he", "heory", "h"]) == "he"  # "heory" is not what follows; "h" is not a whole word
+    assert ks.accept(text, 5, ["heo", "heory"]) == "heory"  # followed by ",": the word ends there
+    assert ks.accept(text, 13, ["hen", "he"]) == "hen"  # the end of the text ends the word
+    assert ks.accept(text, 13, ["he", ""]) == ""
+
+
+def test_simulate_counts_keystrokes_exactly(ks):
+    class Scripted:
+        """Offers the rest of a fixed word list wherever it fits the current word."""
+
+        name = "scripted"
+
+        def __call__(self, prefix):
+            w = current_word(prefix)
+            return [x[len(w):] for x in ("quick", "brown", "fox") if x.startswith(w) and x != w], ["q", "b", "f"]
+
+    r = ks.simulate("the quick brown, fox", Scripted(), "en")
+    # t,h,e,space (4); "quick " (1); "brown" (1) then "," (1) and " " (1); "fox" (1): 9 keystrokes for 20 characters
+    assert (r.keystrokes, r.chars, r.accepted) == (9, 20, 3)
+    assert r.ks == pytest.approx(1 - 9 / 20)
+    assert (r.char_asked, r.char_hits) == (9, 3)  # the next character was q, b or f at 3 of the 9 points
+
+
+@pytest.mark.skipif(__import__("shutil").which("presage_demo_text") is None,
+                    reason="Presage not installed (apt-get install presage libpresage-data)")
+def test_presage_driver_completes_from_its_database(ks, tmp_path):
+    text = "the cat sat on the mat. the cat ate the rat. " * 30
+
+    class Data:  # the two things build_presage_db reads from a data set
+        class vocab:
+            hash = "toy"
+
+        @staticmethod
+        def text(lang, split):
+            return text
+
+    p = ks.Presage(ks.build_presage_db(Data, "xx", tmp_path), 3, tmp_path)
+    try:
+        assert set(p("")[0]) <= {"the", "cat", "sat", "on", "mat", "ate", "rat"}
+        assert "at" in p("the c")[0]  # "cat" completes "c"
+    finally:
+        p.close()

@@ -29,6 +29,7 @@ from __future__ import annotations
 import collections
 import json
 import unicodedata
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -77,12 +78,16 @@ class CompletionConfig:
     room: int = 16  # ids of context kept free for the hypotheses by a backend with a key/value cache
     stride: int = 8  # ids the prefix's window moves at once when it is full (key/value cache backends)
     incremental: bool = True  # use the backend's key/value cache when it has one
+    length_weight: float = 0.0  # order by probability * length ** length_weight (0: most likely first)
+    pool: int = 0  # completions found by probability before that reordering (0: k; else at least k)
 
     def __post_init__(self) -> None:
         problems = []
         for name in ("beam", "max_chars", "max_run", "room", "stride"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} {getattr(self, name)}: must be at least 1")
+        if self.length_weight < 0 or self.pool < 0:
+            problems.append("length_weight and pool must be >= 0")
         if not 0.0 <= self.min_prob < 1.0:
             problems.append(f"min_prob {self.min_prob}: must be in [0, 1)")
         if problems:
@@ -237,12 +242,14 @@ class Completer:
             return np.log(session.dist_batch([prefix + s for s in paths], np.exp(lp)))  # (N, V)
 
     # -- the search --------------------------------------------------------------------------------
-    def complete(self, prefix: str, k: int = 3, session: AdaptiveSession | None = None) -> list[tuple[str, float]]:
+    def complete(self, prefix: str, k: int = 3, session: AdaptiveSession | None = None,
+                 exclude: Collection[str] = ()) -> list[tuple[str, float]]:
         """The k most likely completions of the current word of prefix: (rest of the word, probability), best first.
 
         Fewer than k when fewer exist (or survive `min_prob`); equal probabilities are ordered by text.
-        `session` mixes that user's cache model into every distribution of the search (adapt.py).
-        Raises UserError for k < 1.
+        `session` mixes that user's cache model into every distribution of the search (adapt.py). `exclude`
+        holds completions not to offer (e.g. those already shown for this word and not taken); the search
+        finds the k best of the others. Raises UserError for k < 1.
         """
         if k < 1:
             raise UserError(f"-k {k}: must be at least 1")
@@ -255,13 +262,15 @@ class Completer:
         root = self._window(prefix)
         max_chars = cfg.max_chars if not self.incremental else min(cfg.max_chars, self.pred.context - len(root))
         floor = np.log(cfg.min_prob) if cfg.min_prob > 0 else -np.inf
+        want = k
+        k = max(k, cfg.pool)  # the search keeps the k most likely; the best `want` of them by score are returned
         finished: list[tuple[float, str]] = []  # (log-probability, completion), the best k so far
         texts, logp, runs = [""], np.zeros(1), np.zeros(1, dtype=np.int64)  # the frontier: hypotheses to expand
         while texts:
             lp = self._logprobs(prefix, root, texts, session)  # (N, V)
             ends = logp + logsumexp_rows(lp[:, ids.end])  # (N,) the word ends after each hypothesis
             for s, e in zip(texts, ends.tolist()):
-                if s and e > floor:
+                if s and e > floor and s not in exclude:
                     finished.append((e, s))
             finished = sorted(finished, key=lambda t: (-t[0], t[1]))[:k]
             bar = max(floor, finished[-1][0]) if len(finished) == k else floor
@@ -281,25 +290,28 @@ class Completer:
                 run = int(runs[r]) + int(ids.no_space[wid])
                 if run >= cfg.max_run:
                     # a run without spaces ends here, scored by its characters alone (no end character)
-                    finished.append((q, s))
+                    if s not in exclude:
+                        finished.append((q, s))
                 else:
                     nxt_texts.append(s)
                     nxt_logp.append(q)
                     nxt_runs.append(run)
             finished = sorted(finished, key=lambda t: (-t[0], t[1]))[:k]
             texts, logp, runs = nxt_texts, np.array(nxt_logp), np.array(nxt_runs, dtype=np.int64)
-        return [(s, float(np.exp(q))) for q, s in finished]
+        if cfg.length_weight:
+            finished = sorted(finished, key=lambda t: (-(t[0] + cfg.length_weight * np.log(len(t[1]))), t[1]))
+        return [(s, float(np.exp(q))) for q, s in finished[:want]]
 
 
 def complete(pred: Predictor, prefix: str, k: int = 3, session: AdaptiveSession | None = None,
-             config: CompletionConfig | None = None) -> list[tuple[str, float]]:
+             config: CompletionConfig | None = None, exclude: Collection[str] = ()) -> list[tuple[str, float]]:
     """The k most likely ways to finish the current word of prefix: (rest of the word, probability), best first.
 
     See the module docstring for the word rule and how probabilities are defined. Uses only the predictor's
     `vocab`, `context` and `logprobs` (every backend). For a typing session keep one `Completer` instead:
     it reuses what the previous keystroke computed. Raises UserError for k < 1 or a bad config.
     """
-    return Completer(pred, config).complete(prefix, k, session)
+    return Completer(pred, config).complete(prefix, k, session, exclude)
 
 
 def complete_file(pred: Predictor, input_path: str | Path, output_path: str | Path, k: int = 3,
