@@ -20,9 +20,9 @@ import time
 import numpy as np
 import torch
 
+from nextchar import engine
 from nextchar.complete import Completer, CompletionConfig
 from nextchar.data import open_data
-from nextchar.predict import Predictor
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
         from nextchar.models import default_model
 
         args.run = str(default_model())
-    pred = Predictor.load(args.run)
+    pred = engine.load(args.run)
     ds = open_data(args.data)
     cfg = CompletionConfig(beam=args.beam, max_chars=args.max_chars)
     completer = Completer(pred, cfg)
@@ -67,13 +67,13 @@ def main(argv: list[str] | None = None) -> None:
           f"model calls per keystroke: mean {np.mean(calls):.2f}, p50 {np.median(calls):.0f}")
     # the scale of this machine right now: one search step of the model (4 hypotheses, one new id each)
     if pred.incremental:
-        ids = pred.vocab.encode("\n" + ds.text(args.langs[0], "test")[:40])
-        state, _ = pred._feed(pred._start(), ids, ids[:0])
-        step, befores = np.full(4, int(ids[-1])), [ids] * 4
+        ids = pred.encode(ds.text(args.langs[0], "test")[:40])
+        state, _ = pred.feed(pred.start(), ids)
+        step = np.full(4, int(ids[-1]))
         t = []
         for _ in range(200):
             t0 = time.perf_counter()
-            pred._feed_many([state] * 4, step, befores)
+            pred.feed_many([state] * 4, step)
             t.append(time.perf_counter() - t0)
         print(f"one batched model step (4 hypotheses, 41 ids of context): p50 {1e3 * np.median(t):.2f} ms, "
               f"min {1e3 * np.min(t):.2f} ms")

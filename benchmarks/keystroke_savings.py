@@ -43,10 +43,11 @@ from pathlib import Path
 
 import torch
 
+from nextchar import engine
 from nextchar.adapt import AdaptiveSession
 from nextchar.complete import Completer, CompletionConfig, current_word, is_word_char
 from nextchar.data import open_data
-from nextchar.predict import Predictor
+from nextchar.engine import Predictor
 
 INSTALL_HINT = "install it with: apt-get install presage libpresage-data (Debian/Ubuntu, as root)"
 
@@ -288,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
     if why:
         print(why, file=sys.stderr)
         plangs = []
-    pred = Predictor.load(args.run)
+    pred = engine.load(args.run)
     cfg = CompletionConfig(beam=args.beam, length_weight=args.length_weight, pool=args.pool)
     print(f"model {pred.run_id} ({args.run}), {cfg}, {args.slots} slots, "
           f"first {args.chars or 'all'} {args.split} characters per language", flush=True)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from nextchar import engine
 from nextchar.adapt import AdaptiveSession
 from nextchar.complete import (
     Completer,
@@ -18,8 +19,8 @@ from nextchar.complete import (
     is_no_space_char,
     is_word_char,
 )
+from nextchar.engine import Predictor, window
 from nextchar.errors import UserError
-from nextchar.predict import Predictor, context_ids
 from nextchar.vocab import Vocab
 
 torch.set_num_threads(1)
@@ -29,16 +30,15 @@ class ToyPredictor(Predictor):
     """Fixed pseudo-random distributions, a function of the last ids only: small enough to search exhaustively."""
 
     def __init__(self, chars: str = "\n .'abc", context: int = 3, seed: int = 0):
-        self.vocab = Vocab(["<unk>"] + list(chars))
-        self.context = context
-        self.run_id = "toy"
+        super().__init__(Vocab(["<unk>"] + list(chars)), context, "toy")
         self.seed = seed
         self.calls = 0
 
     def logprobs(self, contexts):
         self.calls += 1
         out = np.empty((len(contexts), self.vocab.size))
-        for i, c in enumerate(contexts):
+        for i, h in enumerate(contexts):
+            c = window(h, self.context, self.start_id)
             rng = np.random.default_rng([self.seed, *(int(x) + 1 for x in c)])
             p = rng.dirichlet(np.full(self.vocab.size, 0.7))
             out[i] = np.log(p)
@@ -47,7 +47,7 @@ class ToyPredictor(Predictor):
 
 def step_logprob(pred, text: str, char_ids) -> float:
     """log P(next id in char_ids | text) straight from the predictor."""
-    lp = pred.logprobs([context_ids(pred.vocab, text, pred.context)])[0]
+    lp = pred.logprobs([pred.encode(text)])[0]
     return float(np.logaddexp.reduce(lp[list(char_ids)]))
 
 
@@ -148,7 +148,7 @@ def test_min_prob_drops_unlikely_completions():
 
 @pytest.fixture(scope="module")
 def pred(tiny_run):
-    return Predictor.load(tiny_run)
+    return engine.load(tiny_run)
 
 
 def test_real_model_completions_are_word_characters_and_distinct(pred):
@@ -169,7 +169,7 @@ def test_real_model_probability_is_the_product_of_steps(pred):
 
 def test_adapted_completion_learns_a_new_word(pred):
     s = AdaptiveSession(pred)
-    plain = CompletionConfig(incremental=False)  # the exact last-context windows of s.dist
+    plain = CompletionConfig(incremental=False, stride=1)  # the exact last-context windows of s.dist
     before = dict(complete(pred, "Say hello to Zorblax and Zorb", 3, config=plain))
     for _ in range(3):
         s.observe("Say hello to Zorblax and Zorblax. ")
@@ -202,7 +202,7 @@ def test_file_mode(pred, tmp_path):
 
 def test_long_prefix_equals_its_tail(pred):
     long = "The quick brown fox jumps over the lazy dog. " * 30 + "The qu"
-    plain = CompletionConfig(incremental=False)  # the exact last-context window
+    plain = CompletionConfig(incremental=False, stride=1)  # the exact last-context window
     assert complete(pred, long, 3, config=plain) == complete(pred, long[-pred.context:], 3, config=plain)
 
 
@@ -270,15 +270,16 @@ def test_http_complete(pred):
 
 @pytest.fixture(scope="module", params=["tiny_run", "tiny_hash_run"])
 def any_pred(request):
-    return Predictor.load(request.getfixturevalue(request.param))
+    return engine.load(request.getfixturevalue(request.param))
 
 
 def test_key_value_cache_path_equals_logprobs_path(any_pred):
-    """Short prefixes: both paths see START + prefix + hypothesis, so the answers agree (float tolerance)."""
+    """Both paths read prefix + hypothesis through the same typing window, so the answers agree (float tolerance),
+    past the context too."""
     assert any_pred.incremental
-    cached = Completer(any_pred, CompletionConfig(room=4, max_chars=12))
-    plain = Completer(any_pred, CompletionConfig(incremental=False, max_chars=12))
-    text = "Hello world. The"  # START + text + 12 characters fit the tiny model's context of 32
+    cached = Completer(any_pred, CompletionConfig(stride=4, max_chars=12))
+    plain = Completer(any_pred, CompletionConfig(stride=4, incremental=False, max_chars=12))
+    text = "Hello world. The quick brown fox jumps over"  # longer than the tiny model's context of 32
     for i in range(len(text) + 1):  # typed on: the cache path reuses the previous keystrokes' trees
         a, b = cached.complete(text[:i], 3), plain.complete(text[:i], 3)
         assert [s for s, _ in a] == [s for s, _ in b]
@@ -286,21 +287,20 @@ def test_key_value_cache_path_equals_logprobs_path(any_pred):
 
 
 def test_key_value_cache_path_on_a_long_prefix_sees_its_moving_window(any_pred):
-    """Past the context the prefix's window is the typing session's (context - room ids, moved by stride)."""
-    from nextchar.predict import window_ids
-
-    cfg = CompletionConfig(room=8, stride=4)
+    """Past the context the model reads prefix + hypothesis through the typing window of the config's stride."""
+    cfg = CompletionConfig(stride=4)
     c = Completer(any_pred, cfg)
     long = "The quick brown fox jumps over the lazy dog. " * 3 + "The qu"
     got = c.complete(long, 3)
-    win = window_ids(any_pred.vocab, long, any_pred.context - cfg.room, cfg.stride)
+    windowed = any_pred.windowed(cfg.stride)
     ends = [i for i, ch in enumerate(any_pred.vocab.chars) if not any_pred.vocab.is_special(i) and not is_word_char(ch)]
     for s, q in got:
-        ids = np.concatenate([win, any_pred.vocab.encode(s)])
-        lp = any_pred.logprobs([ids[:len(win) + j] for j in range(len(s) + 1)])  # (len(s) + 1, V)
-        want = sum(lp[j, ids[len(win) + j]] for j in range(len(s))) + np.logaddexp.reduce(lp[-1, ends])
+        ids = any_pred.encode(long + s)
+        n = len(ids) - len(s)
+        lp = windowed.logprobs([ids[:n + j] for j in range(len(s) + 1)])  # (len(s) + 1, V)
+        want = sum(lp[j, ids[n + j]] for j in range(len(s))) + np.logaddexp.reduce(lp[-1, ends])
         assert q == pytest.approx(math.exp(want), rel=1e-4)
-    # typed keystroke by keystroke (caches reused, the window moving twice on the way): the same answer
+    # typed keystroke by keystroke (states reused, the window moving on the way): the same answer
     typing = Completer(any_pred, cfg)
     for i in range(len(long) - 12, len(long) + 1):
         last = typing.complete(long[:i], 3)

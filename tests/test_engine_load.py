@@ -59,6 +59,7 @@ def test_errors_are_one_line_user_errors(tiny_run, tiny_onnx, tmp_path):
 
 
 def test_the_data_path_is_a_hint(tiny_run, tiny_data_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # "data" must not be found in the folder the tests run from
     run = tmp_path / "elsewhere" / "run"
     shutil.copytree(tiny_run, run)
     cfg = json.loads((run / "config.json").read_text())

@@ -5,8 +5,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from nextchar.adapt import MAX_TEXT
+from nextchar.engine import Predictor
 from nextchar.keyboard import layout, run_languages, script_of
-from nextchar.predict import Predictor
 from nextchar.serve import MAX_BODY, create_app
 from nextchar.vocab import Vocab
 
@@ -22,9 +22,7 @@ class LetterMemory(Predictor):
     """Next-character distributions that depend only on the script of the last letter of the context."""
 
     def __init__(self) -> None:
-        self.vocab = Vocab(CHARS)
-        self.context = 16
-        self.run_id = "letter-memory"
+        super().__init__(Vocab(CHARS), 16, "letter-memory")
         self.rows = {}
         for name, table in (("Latin", LATIN), ("Greek", GREEK)):
             row = np.full(len(CHARS), 1e-9)  # (V,)

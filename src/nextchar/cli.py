@@ -157,18 +157,19 @@ def predict(
 @friendly
 def complete(
     prefix: Annotated[str | None, typer.Argument(help="Text typed so far.")] = None,
-    run: Annotated[Path | None, typer.Option(help="Run directory (default: the model shipped with nextchar).")] = None,
+    run: Annotated[str | None, typer.Option("--run", "--model", help="Run or model folder, or a shipped model's name (default: the model shipped with nextchar).")] = None,
     k: Annotated[int, typer.Option("-k", help="How many completions.")] = 3,
     input: Annotated[Path | None, typer.Option("--input", help="File of prefixes, one per line.")] = None,
     output: Annotated[Path | None, typer.Option("--output", help="Where file mode writes tab-separated completions per line.")] = None,
     json_: Annotated[bool, typer.Option("--json", help="File mode writes JSON lines with probabilities.")] = False,
     beam: Annotated[int, typer.Option(help="Hypotheses kept per search step.")] = 4,
+    backend: Backend = "auto",
     threads: Threads = 1,
 ):
     """Suggest the k most likely ways to finish the current word (the rest of the word and its probability)."""
+    from nextchar import engine
     from nextchar.complete import CompletionConfig, complete_file
     from nextchar.complete import complete as run_complete
-    from nextchar.predict import Predictor
 
     threads_option(threads)
     if (input is None) == (prefix is None):
@@ -176,7 +177,7 @@ def complete(
     if input is not None and output is None:
         raise UserError("--input needs --output FILE")
     cfg = CompletionConfig(beam=beam)
-    pred = Predictor.load(resolve_run(run))
+    pred = engine.load(resolve_run(run), backend=backend, threads=threads)
     if input is not None:
         n = complete_file(pred, input, output, k, json_, cfg)
         typer.echo(f"wrote {n} lines to {output}", err=True)

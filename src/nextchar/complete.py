@@ -19,9 +19,12 @@ The word rule (the same one the keystroke benchmark uses for every system):
 
 The search keeps the `beam` most likely unfinished hypotheses per step and never extends one that is already
 less likely than the k-th best finished completion (its extensions can only be less likely), so with a beam as
-wide as the hypotheses it is the exhaustive top-k. It needs only the predictor's `logprobs`: one call per step
-for all hypotheses. A `Completer` keeps the distributions it computed (keyed by the model's window of ids), so
-in a typing session the next keystroke reuses the part of the search tree under the typed character.
+wide as the hypotheses it is the exhaustive top-k. It needs only the engine contract: `logprobs` (one call per
+step for all hypotheses), or with a key/value cache `feed`/`feed_many` (one batched step for all hypotheses).
+The model reads prefix + hypothesis through the typing window of `CompletionConfig.stride` (engine.base.
+window_start), so both ways give the same distributions, those of `Predictor.topk_batch(..., stride=stride)`.
+A `Completer` keeps the distributions it computed, so in a typing session the next keystroke reuses the part of
+the search tree under the typed character.
 """
 
 from __future__ import annotations
@@ -36,8 +39,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from nextchar.engine import Predictor
 from nextchar.errors import UserError
-from nextchar.predict import Predictor, context_ids, window_ids
 
 if TYPE_CHECKING:
     from nextchar.adapt import AdaptiveSession
@@ -75,15 +78,14 @@ class CompletionConfig:
     max_chars: int = 20  # longest completion, in characters
     max_run: int = 4  # longest completion in a script without spaces (see the module docstring)
     min_prob: float = 0.0  # hypotheses less likely than this are dropped (0: none)
-    room: int = 16  # ids of context kept free for the hypotheses by a backend with a key/value cache
-    stride: int = 8  # ids the prefix's window moves at once when it is full (key/value cache backends)
+    stride: int = 16  # ids the model's window moves at once when full (engine typing window; capped at its context)
     incremental: bool = True  # use the backend's key/value cache when it has one
     length_weight: float = 0.0  # order by probability * length ** length_weight (0: most likely first)
     pool: int = 0  # completions found by probability before that reordering (0: k; else at least k)
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("beam", "max_chars", "max_run", "room", "stride"):
+        for name in ("beam", "max_chars", "max_run", "stride"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} {getattr(self, name)}: must be at least 1")
         if self.length_weight < 0 or self.pool < 0:
@@ -135,24 +137,21 @@ def key_of(ids: np.ndarray) -> bytes:
 class Completer:
     """Word completion for one typing session (or one server): remembers the distributions it computed.
 
-    The model sees, for prefix + hypothesis: with `logprobs` only, the last `context` ids (as Predictor.topk);
-    with a backend's key/value cache, the prefix's window as a typing `Session` keeps it (START + the whole
-    prefix while it fits in context - room ids, then a window that moves `stride` ids at a time) followed by
-    the hypothesis, and one batched feed per search step for all hypotheses (Predictor._feed_many).
-    The memo maps each window of ids to its log-distribution (and, for the most recent ones, the backend's
-    cache after it), so results never depend on what was asked before, and a keystroke that types the first
-    character of an earlier hypothesis finds most of its search tree computed.
+    The model reads the history of prefix + hypothesis (ids, `Predictor.encode`) through its typing window of
+    `config.stride` (engine.base.window_start): with a key/value cache one batched `feed_many` per search step
+    extends every hypothesis' cache by one id; without one, one `logprobs` call per step. The memo maps each
+    history (its length and last `context` ids: all a window depends on) to its log-distribution and, for the
+    most recent ones, the backend's state after it, so results never depend on what was asked before, and a
+    keystroke that types the first character of an earlier hypothesis finds most of its search tree computed.
     Not thread-safe: use one per thread (the server runs it on its model thread).
     """
 
     def __init__(self, pred: Predictor, config: CompletionConfig | None = None, memo_size: int = 4096,
                  states: int = 256):
-        self.pred = pred
         self.config = config or CompletionConfig()
+        self.pred = pred.windowed(min(self.config.stride, pred.context))
         self.ids = word_ids(pred)
         self.incremental = bool(pred.incremental and self.config.incremental)
-        if self.incremental and pred.context <= self.config.room:
-            raise UserError(f"completion room {self.config.room}: must be below the model's context ({pred.context})")
         self.memo_size = memo_size
         self.max_states = states
         self._memo: collections.OrderedDict[bytes, np.ndarray] = collections.OrderedDict()
@@ -165,12 +164,18 @@ class Completer:
         self._states.clear()
 
     # -- distributions -----------------------------------------------------------------------------
-    def _window(self, prefix: str) -> np.ndarray:
-        """The ids the model sees before the hypotheses: the root of the search."""
+    def _key(self, history: np.ndarray) -> bytes:
+        """Memo key of a history: its length and its last `context` ids decide the window (and so the answer)."""
+        return len(history).to_bytes(8, "little") + history[-self.pred.context:].astype(np.int32).tobytes()
+
+    def _root(self, prefix: str) -> np.ndarray:
+        """The history (H,) the search starts from: prefix's ids, less whole strides of a long past that no window
+        of prefix + hypothesis reaches (window starts move by whole strides, so every window stays the same)."""
         pred = self.pred
-        if not self.incremental:
-            return context_ids(pred.vocab, prefix, pred.context)
-        return window_ids(pred.vocab, prefix, pred.context - self.config.room, self.config.stride)
+        hist = pred.encode(prefix)
+        keep = pred.context + 2 * pred.stride + self.config.max_chars  # > context: a cut history never shows START
+        drop = max(0, len(hist) - keep)
+        return hist[drop - drop % pred.stride:]
 
     def _remember(self, key: bytes, lp: np.ndarray, state: object = None) -> None:
         self._memo[key] = lp
@@ -184,10 +189,10 @@ class Completer:
                 self._states.popitem(last=False)
 
     def _model_logprobs(self, nodes: list[np.ndarray]) -> np.ndarray:
-        """(N, V) model log-distributions after each window of ids: from the memo, else one model call
-        (a batched feed where the parents' caches are at hand)."""
+        """(N, V) model log-distributions after each history: from the memo, else one model call (a batched
+        feed where the parents' states are at hand)."""
         pred = self.pred
-        keys = [key_of(n) for n in nodes]
+        keys = [self._key(n) for n in nodes]
         out = np.empty((len(nodes), pred.vocab.size))  # (N, V)
         todo: dict[bytes, list[int]] = {}
         for i, key in enumerate(keys):
@@ -206,22 +211,22 @@ class Completer:
             for key, lp in zip(todo, pred.logprobs([nodes[i] for i in first])):
                 self._remember(key, lp.copy())  # not a view: the batch's array is freed
         else:
-            batch = [i for i in first if len(nodes[i]) > 1 and keys[i][:-4] in self._states]
+            parent = {i: self._states.get(self._key(nodes[i][:-1])) for i in first if len(nodes[i])}
+            batch = [i for i, st in parent.items() if st is not None]
             if batch:
                 self.calls += 1
-                parents = [self._states[keys[i][:-4]] for i in batch]
-                states, lps = pred._feed_many(parents, np.array([nodes[i][-1] for i in batch]),
-                                              [nodes[i][:-1] for i in batch])
+                states, lps = pred.feed_many([parent[i] for i in batch], np.array([nodes[i][-1] for i in batch]))
                 for i, st, lp in zip(batch, states, lps):
                     self._remember(keys[i], lp.copy(), st)
-            for i in sorted(set(first) - set(batch)):  # no parent cache: feed from the longest cached ancestor
+            for i in sorted(set(first) - set(batch)):  # no parent state: from the longest remembered ancestor
                 self.calls += 1
-                ids, j, state = nodes[i], len(nodes[i]) - 1, None
-                while j > 0 and state is None:
-                    state = self._states.get(keys[i][:4 * j])
-                    j -= state is None
-                state = pred._truncate(state, j) if state is not None else pred._start()
-                state, lp = pred._feed(state, ids[j:].astype(np.int64), ids[:j].astype(np.int64))
+                ids, j, state = nodes[i], len(nodes[i]), None
+                while j > 0 and state is None and len(ids) - j < self.config.max_chars + 2:
+                    j -= 1
+                    state = self._states.get(self._key(ids[:j]))
+                if state is None:
+                    j, state = 0, pred.start()
+                state, lp = pred.feed(state, ids[j:])
                 self._remember(keys[i], lp.copy(), state)
         for key, idx in todo.items():
             out[idx] = self._memo[key]
@@ -231,11 +236,7 @@ class Completer:
                   ) -> np.ndarray:
         """(N, V) log-distributions after prefix + each path (adapted to the session when given)."""
         vocab = self.pred.vocab
-        if self.incremental:
-            nodes = [np.concatenate([root, vocab.encode(s)]) for s in paths]
-        else:
-            nodes = [context_ids(vocab, prefix + s, self.pred.context) for s in paths]
-        lp = self._model_logprobs(nodes)  # (N, V)
+        lp = self._model_logprobs([np.concatenate([root, vocab.encode(s).astype(np.int64)]) for s in paths])  # (N, V)
         if session is None:
             return lp
         with np.errstate(divide="ignore"):
@@ -254,13 +255,8 @@ class Completer:
         if k < 1:
             raise UserError(f"-k {k}: must be at least 1")
         cfg, ids = self.config, self.ids
-        # the model reads the last `context` ids and a session's cache its last max_text characters: the rest of
-        # a long prefix changes nothing, and dropping it keeps every prefix + hypothesis string short
-        keep = self.pred.context if session is None else max(self.pred.context, session.max_text)
-        drop = max(0, len(prefix) - keep)
-        prefix = prefix[drop - drop % cfg.stride:]  # whole strides, so a moving window keeps its place
-        root = self._window(prefix)
-        max_chars = cfg.max_chars if not self.incremental else min(cfg.max_chars, self.pred.context - len(root))
+        root = self._root(prefix)
+        max_chars = cfg.max_chars
         floor = np.log(cfg.min_prob) if cfg.min_prob > 0 else -np.inf
         want = k
         k = max(k, cfg.pool)  # the search keeps the k most likely; the best `want` of them by score are returned
@@ -321,7 +317,7 @@ def complete_file(pred: Predictor, input_path: str | Path, output_path: str | Pa
     Lines are split like `predict`'s file mode: newline stripped, a trailing CR dropped, other spaces kept.
     Completions are word characters only, so a tab or newline never appears inside one. Writes atomically.
     """
-    from nextchar import checkpoint
+    from nextchar import files
 
     input_path = Path(input_path)
     try:
@@ -339,5 +335,5 @@ def complete_file(pred: Predictor, input_path: str | Path, output_path: str | Pa
                                  ensure_ascii=False) + "\n" for p, r in zip(prefixes, rows))
     else:
         out = "".join("\t".join(s for s, _ in r) + "\n" for r in rows)
-    checkpoint.atomic_write_bytes(output_path, out.encode("utf-8"))
+    files.atomic_write_bytes(output_path, out.encode("utf-8"))
     return len(prefixes)

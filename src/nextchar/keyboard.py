@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nextchar.predict import Predictor
+from nextchar.engine import Predictor
 
 # How frequent a character is in text is estimated from the model alone (a run keeps no character counts).
 # Per script: (1) the first-order chain p(c | b) over the script's letters only (rows renormalized) picks the

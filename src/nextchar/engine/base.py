@@ -168,6 +168,19 @@ class Predictor:
         """The state after only the first n ids it has read (a new object; `state` is unchanged)."""
         return state[:n]
 
+    def feed_many(self, states: list[State], ids: np.ndarray) -> tuple[list[State], np.ndarray]:
+        """One id per state: (the states after also reading ids[i] (N,), logprobs (N, V)); `states` are unchanged.
+
+        What a beam search needs (word completion extends every hypothesis by one id per step). This default
+        feeds them one by one; backends with a key/value cache batch the N steps into one forward pass.
+        """
+        out, rows = [], []
+        for st, i in zip(states, np.asarray(ids, dtype=np.int64).tolist()):
+            st, lp = self.feed(st, np.array([i], dtype=np.int64))
+            out.append(st)
+            rows.append(lp)
+        return out, (np.stack(rows) if rows else np.zeros((0, self.vocab.size), dtype=np.float32))
+
     def work(self, state: State) -> tuple[int, int]:
         """(windows computed from their start, ids run through the network) to reach this state; 0s if uncached."""
         return 0, 0

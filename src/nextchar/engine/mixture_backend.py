@@ -46,6 +46,11 @@ class MixturePredictor(Predictor):
         sb, lb = self.b.feed(state[1], ids)  # (V,)
         return (sa, sb), self._mix(la, lb)
 
+    def feed_many(self, states: list[tuple], ids: np.ndarray) -> tuple[list[tuple], np.ndarray]:
+        sa, la = self.a.feed_many([s[0] for s in states], ids)  # (N, V)
+        sb, lb = self.b.feed_many([s[1] for s in states], ids)  # (N, V)
+        return list(zip(sa, sb)), self._mix(la, lb)
+
     def truncate(self, state: tuple, n: int) -> tuple:
         return self.a.truncate(state[0], n), self.b.truncate(state[1], n)
 

@@ -67,5 +67,17 @@ class TorchPredictor(WindowedPredictor):
         logits, _ = self.model(idx, cache=cache, last_only=True, prev=p)  # (1, 1, V)
         return cache, torch.log_softmax(logits[0, 0].float(), dim=-1).cpu().numpy()
 
+    @torch.inference_mode()
+    def _step_many(self, kvs: list[list], ids: np.ndarray, prevs: np.ndarray | None) -> tuple[list[list], np.ndarray]:
+        if not kvs[0]:
+            raise NotImplementedError  # empty caches: nothing to batch against
+        cache = [(torch.cat([kv[layer][0] for kv in kvs]), torch.cat([kv[layer][1] for kv in kvs]))
+                 for layer in range(len(kvs[0]))]  # (N, H, P, Dh) each: one forward for all N
+        p = None if prevs is None else torch.from_numpy(prevs).to(self.device)  # (N, K)
+        idx = torch.from_numpy(ids.astype(np.int64))[:, None].to(self.device)  # (N, 1)
+        logits, _ = self.model(idx, cache=cache, last_only=True, prev=p)  # (N, 1, V)
+        out = [[(k[i:i + 1], v[i:i + 1]) for k, v in cache] for i in range(len(kvs))]  # views, (1, H, P + 1, Dh)
+        return out, torch.log_softmax(logits[:, 0].float(), dim=-1).cpu().numpy()
+
     def _slice(self, kv: list, n: int) -> list:
         return [(k[:, :, :n], v[:, :, :n]) for k, v in kv]  # (1, H, n, Dh) each

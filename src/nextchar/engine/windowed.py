@@ -77,6 +77,11 @@ class WindowedPredictor(Predictor):
         """(cache with ids (T,) appended, logprobs (V,) after the last); prev (K,) the ids before them, or None."""
         raise NotImplementedError
 
+    def _step_many(self, kvs: list[Any], ids: np.ndarray, prevs: np.ndarray | None) -> tuple[list[Any], np.ndarray]:
+        """One id per cache, all caches holding the same number of ids: (caches with ids[i] appended, logprobs
+        (N, V)); prevs (N, K) the ids before each, or None. Runtimes that cannot batch leave it unimplemented."""
+        raise NotImplementedError
+
     def _empty(self) -> Any:
         """A cache of no ids."""
         raise NotImplementedError
@@ -157,6 +162,28 @@ class WindowedPredictor(Predictor):
         kv, lp = self._step(kv, new, prev)
         out = CacheState(history, a, kv, n - a, lp, state.recomputes + int(cached == 0), state.fed + len(new))
         return out, lp
+
+    def feed_many(self, states: list[CacheState], ids: np.ndarray) -> tuple[list[CacheState], np.ndarray]:
+        # One batched step when every state holds its whole window in its cache, at the same place, and one more
+        # id does not move the window; otherwise (or for a runtime without _step_many) one by one.
+        ids = np.asarray(ids, dtype=np.int64)
+        if not (self.incremental and states and all(st.kv is not None for st in states)):
+            return super().feed_many(states, ids)
+        n = len(states[0].history) + 1  # ids of START + history
+        a = window_start(n + 1, self.context, self.stride)
+        if any(len(st.history) + 1 != n or st.anchor != a or st.cached != n - a for st in states):
+            return super().feed_many(states, ids)
+        prevs = None
+        if self.prev_len:
+            prevs = np.stack([np.concatenate([np.full(self.prev_len, self.pad_id, dtype=np.int64),
+                                              self.window(st.history)])[-self.prev_len:] for st in states])  # (N, K)
+        try:
+            kvs, lps = self._step_many([st.kv for st in states], ids, prevs)  # (N, V)
+        except NotImplementedError:
+            return super().feed_many(states, ids)
+        out = [CacheState(np.append(st.history, i), a, kv, n + 1 - a, lp, st.recomputes, st.fed + 1)
+               for st, i, kv, lp in zip(states, ids.tolist(), kvs, lps)]
+        return out, lps
 
     def truncate(self, state: CacheState, n: int) -> CacheState:
         if not self.incremental:
