@@ -266,6 +266,10 @@ def test_http_complete(pred):
         np.testing.assert_allclose([c["prob"] for c in r2["completions"]], [q for _, q in fresh], rtol=1e-4)
         assert r["completions"][0]["prob"] > r2["completions"][0]["prob"] + 0.05
         assert "/v1/complete" in client.get("/openapi.json").json()["paths"]
+        # forgetting a session also empties the shared completion memo (it holds recent prefixes' windows)
+        assert client.app.state.completer.computed > 0 and client.app.state.completer._memo
+        assert client.post("/v1/session/forget", json={"session": "s1"}).status_code == 200
+        assert not client.app.state.completer._memo
 
 
 @pytest.fixture(scope="module", params=["tiny_run", "tiny_hash_run"])

@@ -359,7 +359,7 @@ def create_app(predictor: Predictor | str | Path, backend: str = "auto", max_ses
             else engine.load(predictor, backend=backend, threads=threads))
     sessions = SessionStore(pred, max_sessions=max_sessions, max_text=max_text, weights=weights)
     batcher = Batcher(pred)
-    completer = Completer(pred)  # used on the model thread only; its memo holds no user text beyond prefixes
+    completer = Completer(pred)  # used on the model thread only; its memo holds recent prefixes' windows
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -373,6 +373,7 @@ def create_app(predictor: Predictor | str | Path, backend: str = "auto", max_ses
                                      f"keyboard is at `/`. Bodies over {max_body} bytes get 413; malformed requests "
                                      "get 422; every error is JSON with an `error` message.")
     app.state.predictor, app.state.sessions, app.state.batcher = pred, sessions, batcher
+    app.state.completer = completer
     app.add_exception_handler(RequestValidationError, on_validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, on_http_error)  # type: ignore[arg-type]
     app.add_exception_handler(UserError, on_user_error)  # type: ignore[arg-type]
@@ -416,6 +417,8 @@ def create_app(predictor: Predictor | str | Path, backend: str = "auto", max_ses
     async def forget(req: ForgetRequest) -> dict:
         """Drop everything the server keeps for this session."""
         sessions.forget(req.session)
+        # the completion memo is shared and keyed by recent text: emptied too, on the model thread that uses it
+        await asyncio.wrap_future(batcher.call(completer.clear))
         return {"session": req.session, "history_chars": 0}
 
     @app.get("/healthz", response_model=Health)
