@@ -375,3 +375,9 @@ def test_presage_driver_completes_from_its_database(ks, tmp_path):
         assert "at" in p("the c")[0]  # "cat" completes "c"
     finally:
         p.close()
+
+
+def test_a_stride_larger_than_the_context_is_capped(any_pred):
+    c = Completer(any_pred, CompletionConfig(stride=500))
+    assert c.pred.stride == any_pred.context
+    assert len(c.complete("The quick brown fox jumps over the lazy dog. " * 3, 3)) == 3
