@@ -1,0 +1,881 @@
+"""Language-aware count model: per-language Kneser-Ney or PPM tables in one flat trie, mixed by a language posterior.
+
+p(c | h) = sum_l p(l | h) p_l(c | h), where p_l is an interpolated count model of language l (modified
+Kneser-Ney, Chen & Goodman 1998; or PPM with Dasher's blending and update exclusion) and p(l | h) comes from
+the models' own likelihoods of the last `window` characters, exponentially decayed, so a change of language
+is followed within a few words. The posterior is a pure function of the last `context` ids, so a batch call
+on a prefix, an incremental typing state fed key by key (with truncation for edits) and the scorer of one
+long text (`logprobs_at`) give the same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from nextchar.errors import UserError
+from nextchar.ngram import NGramModel, estimate_discounts
+from nextchar.vocab import Vocab
+
+FORMAT = "nextchar-counts"
+VERSION = 1
+KINDS = ("kn", "ppm")
+# Dasher's PPM defaults (its settings LMAlpha = 49, LMBeta = 77 in hundredths, LMMaxOrder = 5 context symbols,
+# LMUpdateExclusion on, LMExclusion off): a symbol seen c times in a context of total T gets (c - beta) / (T + alpha)
+# of the mass left, the rest escapes to the next shorter context.
+DASHER_ALPHA = 0.49
+DASHER_BETA = 0.77
+_CHUNK = 128  # contexts per block in logprobs: bounds the (rows * L, V) per-language distributions held at once
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+
+# ====================================================================================== configuration
+
+
+@dataclass(frozen=True)
+class PosteriorConfig:
+    """How p(l | h) follows the text: log p(l | h) = log prior_l + temperature * sum_k decay^k log p_l(x_{n-1-k} | ...).
+
+    The sum runs over the last `window` characters (k < window); `floor` mixes the prior back in, so no
+    language is ever ruled out; `id_order` is the order of the models used for these likelihoods (0: the
+    model's own order; lower is cheaper in batch).
+    """
+
+    window: int = 128
+    decay: float = 0.98
+    temperature: float = 1.0
+    floor: float = 1e-3
+    prior: str = "uniform"  # or "size": proportional to the language's training characters
+    id_order: int = 0
+
+    def check(self, order: int) -> None:
+        problems = []
+        if self.window < 1:
+            problems.append(f"window {self.window} must be >= 1")
+        if not 0.0 < self.decay <= 1.0:
+            problems.append(f"decay {self.decay} must be in (0, 1]")
+        if not self.temperature >= 0.0:
+            problems.append(f"temperature {self.temperature} must be >= 0")
+        if not 0.0 <= self.floor < 1.0:
+            problems.append(f"floor {self.floor} must be in [0, 1)")
+        if self.prior not in ("uniform", "size"):
+            problems.append(f"prior {self.prior!r} must be uniform or size")
+        if not 0 <= self.id_order <= order:
+            problems.append(f"id_order {self.id_order} must be in [0, {order}]")
+        if problems:
+            raise UserError("counts posterior: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class CountsConfig:
+    """What `train_counts` builds: model kind and order, pruning, quantization, and the posterior."""
+
+    order: int = 8
+    kind: str = "kn"  # "kn": interpolated modified Kneser-Ney; "ppm": Dasher's PPM (blending, update exclusion)
+    ppm_alpha: float = DASHER_ALPHA
+    ppm_beta: float = DASHER_BETA
+    # cutoffs[m]: an n-gram of order m+1 is kept when seen at least that often (raw count); missing = 1
+    cutoffs: tuple[int, ...] = ()
+    # likelihood pruning: drop an n-gram of order >= 3 when backing off from it loses less than `prune` nats of
+    # training log-likelihood (0: off); applied after the cutoffs
+    prune: float = 0.0
+    bits: int = 8  # storage of the interpolation terms: 8 or 16 (log-domain codes), 32 (float32)
+    posterior: PosteriorConfig = field(default_factory=PosteriorConfig)
+
+    def check(self) -> None:
+        problems = []
+        if not 1 <= self.order <= 16:
+            problems.append(f"order {self.order} must be in [1, 16]")
+        if self.kind not in KINDS:
+            problems.append(f"kind {self.kind!r} must be one of {', '.join(KINDS)}")
+        if self.kind == "ppm" and not (self.ppm_alpha >= 0 and 0 <= self.ppm_beta < 1 and self.ppm_alpha + self.ppm_beta > 0):
+            problems.append("ppm_alpha >= 0 and 0 <= ppm_beta < 1, not both 0")
+        if not self.prune >= 0:
+            problems.append(f"prune {self.prune} must be >= 0")
+        if any(int(c) < 1 for c in self.cutoffs):
+            problems.append("cutoffs must be >= 1")
+        if self.bits not in (8, 16, 32):
+            problems.append(f"bits {self.bits} must be 8, 16 or 32")
+        if problems:
+            raise UserError("counts config: " + "; ".join(problems))
+        self.posterior.check(self.order)
+
+    def cutoff(self, m: int) -> int:
+        """Minimum raw count of an n-gram of order m+1 (level m)."""
+        return int(self.cutoffs[m]) if m < len(self.cutoffs) else 1
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["cutoffs"] = list(self.cutoffs)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CountsConfig:
+        d = dict(d)
+        post = PosteriorConfig(**d.pop("posterior", {}))
+        d["cutoffs"] = tuple(int(c) for c in d.get("cutoffs", ()))
+        cfg = cls(**d, posterior=post)
+        cfg.check()
+        return cfg
+
+
+# ====================================================================================== the tables
+
+
+def _key_dtype(n_parents: int, v: int) -> np.dtype:
+    """uint32 when every key parent * v + sym (parent < n_parents) fits, else int64."""
+    return np.dtype(np.uint32) if n_parents * v < 2**32 else np.dtype(np.int64)
+
+
+@dataclass
+class _LevelTerms:
+    """One level of one language before merging: context keys, n-gram keys and their interpolation terms."""
+
+    ctx_keys: IntArray  # (C,) sorted, parent * V + oldest id (level 0: [0])
+    pair_keys: IntArray  # (P,) sorted, context id * V + next id
+    own: FloatArray  # (P,) p_m(next | context) before backoff mass
+
+
+def language_terms(model: NGramModel, order: int, kind: str, alpha: float = DASHER_ALPHA,
+                   beta: float = DASHER_BETA, cutoffs: tuple[int, ...] = (), prune: float = 0.0
+                   ) -> list[_LevelTerms]:
+    """Interpolation terms of one language's order-`order` model from its fitted counts, pruned by raw count.
+
+    Counts are raw at the top order and continuation counts below (distinct left extensions, a sequence start
+    counting as one): Kneser-Ney's counts, and also exactly the counts Dasher's PPM keeps with update exclusion
+    (a lower-order count grows only when the symbol is new in the longer context). KN: own = (c - D(c)) / T with
+    D1, D2, D3+ estimated per order (Chen & Goodman eq. 26); PPM: own = (c - beta) / (T + alpha). T and D come from
+    the counts before pruning; a pruned n-gram's term goes to its context's backoff weight.
+
+    Likelihood pruning (prune > 0, orders >= 3) scores an n-gram (h, c) seen n times by what new text would
+    lose when h backs off for c, (n - D(n)) * log(P(c | h) / ((gamma(h) + own(c | h)) * P(c | suffix of h))),
+    with P the full interpolated probability and n - D(n) the KN-discounted count, i.e. the count expected in
+    new text (a relative-entropy criterion in the spirit of Seymore & Rosenfeld 1996 and Stolcke 1998, ignoring
+    the gain of h's other symbols and interactions between pruned n-grams). On Dasher dev it beats raw-count
+    weighting by ~0.008 bpc at equal size and count cutoffs by ~0.4 points of top-3 (benchmarks/counts_eval.py size).
+    """
+    if not 1 <= order <= model.order:
+        raise UserError(f"counts: order {order} is above the fitted order {model.order}")
+    levels = model._levels[:order]
+    v = model.vocab_size
+    terms: list[_LevelTerms] = []
+    keep_pair: list[npt.NDArray[np.bool_]] = []
+    for m, lv in enumerate(levels):
+        counts = lv.raw if m == order - 1 else lv.cont
+        assert counts is not None
+        c = counts.astype(np.float64)  # (P,)
+        pctx = lv.pair_keys // v  # (P,)
+        total = np.bincount(pctx, weights=c, minlength=lv.ctx_keys.size)  # (C,)
+        if kind == "kn":
+            dtab = np.array([0.0, *estimate_discounts(counts)])  # (4,)
+            own = (c - dtab[np.minimum(counts, 3)]) / total[pctx]
+        else:
+            own = (c - beta) / (total[pctx] + alpha)
+        terms.append(_LevelTerms(lv.ctx_keys, lv.pair_keys, own))
+        cut = int(cutoffs[m]) if m < len(cutoffs) else 1
+        keep_pair.append(lv.raw >= cut if m > 0 else np.ones(lv.raw.size, dtype=bool))
+    if prune > 0:
+        full = None  # (P_m,) interpolated P(c | h) of every n-gram of the level below
+        for m, t in enumerate(terms):
+            pctx = t.pair_keys // v
+            gamma = 1.0 - np.bincount(pctx, weights=t.own, minlength=t.ctx_keys.size)  # (C,)
+            if m == 0:
+                low = np.full(t.own.size, 1.0 / v)
+            else:
+                # the suffix n-gram (parent context, c) is always stored: every seen n-gram's suffix was seen
+                sk = (terms[m - 1].pair_keys)
+                q = (t.ctx_keys[pctx] // v) * v + t.pair_keys % v  # (P,) keys of the suffix n-grams
+                low = full[np.searchsorted(sk, q)]
+            p_here = t.own + gamma[pctx] * low
+            if m >= 2:
+                p_off = (gamma[pctx] + t.own) * low
+                # weighted by the count expected in new text, the KN-discounted count (singletons count ~0.5)
+                raw = levels[m].raw
+                dt = np.array([0.0, *estimate_discounts(raw)])  # (4,)
+                n_eff = raw - dt[np.minimum(raw, 3)]  # (P,)
+                loss = n_eff * np.log(p_here / p_off)  # (P,) nats lost on c without this n-gram
+                keep_pair[m] &= loss >= prune
+            full = p_here
+    # A context stays while it has a kept n-gram or a kept longer context below it in the trie; with cutoffs
+    # that do not fall with the order every kept n-gram's suffix n-gram is kept too, so the walk never misses.
+    keep_ctx: list[npt.NDArray[np.bool_]] = [np.zeros(0, dtype=bool)] * order
+    for m in range(order - 1, -1, -1):
+        t = terms[m]
+        k = np.zeros(t.ctx_keys.size, dtype=bool)
+        k[t.pair_keys[keep_pair[m]] // v] = True
+        if m + 1 < order:
+            k[terms[m + 1].ctx_keys[keep_ctx[m + 1]] // v] = True
+        if m == 0:
+            k[:] = True
+        keep_ctx[m] = k
+    out = []
+    new_id_prev = None
+    for m, t in enumerate(terms):
+        kc = keep_ctx[m]
+        new_id = np.cumsum(kc) - 1  # (C,) renumbered context ids
+        ck = t.ctx_keys[kc]
+        if m > 0:
+            ck = new_id_prev[ck // v] * v + ck % v
+        kp = keep_pair[m] & kc[t.pair_keys // v]
+        pk = t.pair_keys[kp]
+        pk = new_id[pk // v] * v + pk % v
+        out.append(_LevelTerms(ck.astype(np.int64), pk.astype(np.int64), t.own[kp]))
+        new_id_prev = new_id
+    return out
+
+
+def _round_down_f32(x: FloatArray) -> npt.NDArray[np.float32]:
+    """float32 values never above x, so the backoff weight 1 - sum(own) stays positive."""
+    f = x.astype(np.float32)
+    up = f.astype(np.float64) > x
+    f[up] = np.nextafter(f[up], np.float32(0))
+    return f
+
+
+def make_codebook(own: FloatArray, bits: int) -> FloatArray:
+    """Sorted code values (K,) for log-domain floor quantization of terms in (0, 1].
+
+    8 bits: the smallest value of each of 256 equal-count bins of log(own) (data values, so frequent exact values
+    like (1 - D1) / 1 are represented exactly); 16 bits: a uniform log grid. Values are rounded DOWN to a code, so
+    a context's terms never sum above what they were and its backoff weight stays positive.
+    """
+    k = 1 << bits
+    x = np.log(own)
+    lo, hi = float(x.min()), float(x.max())
+    if bits == 16 or x.size <= k:
+        grid = np.unique(x) if x.size <= k else np.linspace(lo, hi, k)
+    else:
+        grid = np.unique(np.quantile(x, np.linspace(0.0, 1.0, k), method="inverted_cdf"))
+    grid[0] = lo
+    book = np.exp(grid)
+    book = np.minimum(book, own.max())
+    return np.unique(book)
+
+
+def quantize(own: FloatArray, book: FloatArray) -> npt.NDArray[np.integer]:
+    """Index of the largest code value <= each term (floor quantization)."""
+    idx = np.searchsorted(book, own, side="right") - 1
+    idx = np.maximum(idx, 0)  # the smallest code is the smallest value, so this never rounds up
+    return idx.astype(np.uint8 if book.size <= 256 else np.uint16)
+
+
+class CountTables:
+    """All languages' interpolated count tables in one right-to-left trie (level m = n-grams of order m+1).
+
+    Level 0 has one context per language, whose id is the language's index; a level-m context (m >= 1) has
+    key = (parent id) * V + oldest id, the parent being the level-(m-1) context without that oldest id, and
+    languages follow each other in id order, so one vectorized walk from the most recent id backwards finds
+    every suffix of a history for every language at once. An n-gram (context id, next id) has key
+    context id * V + next id and its interpolation term own (stored as float32 or as codes into a per-level
+    codebook). A context's backoff weight is what its terms leave, gamma = 1 - sum(own), computed at load:
+    every distribution sums to 1 by construction, after pruning and quantization too.
+    """
+
+    def __init__(self, vocab_size: int, n_lang: int, ctx_keys: list[np.ndarray], pair_keys: list[np.ndarray],
+                 own: list[np.ndarray], books: list[np.ndarray | None]) -> None:
+        self.vocab_size = v = int(vocab_size)
+        self.n_lang = int(n_lang)
+        self.order = len(pair_keys)
+        self.ctx_keys, self.pair_keys, self.own, self.books = ctx_keys, pair_keys, own, books
+        self.gamma: list[FloatArray] = []
+        for m in range(self.order):
+            n_ctx = ctx_keys[m].size
+            terms = self.terms(m, slice(None))  # (P,)
+            pctx = (pair_keys[m] // v).astype(np.int64)
+            g = 1.0 - np.bincount(pctx, weights=terms, minlength=n_ctx)  # (C,)
+            self.gamma.append(g)
+
+    def terms(self, m: int, idx) -> FloatArray:
+        """Interpolation terms (float64) of level m at idx."""
+        book = self.books[m]
+        raw = self.own[m][idx]
+        return book[raw] if book is not None else raw.astype(np.float64)
+
+    @property
+    def n_entries(self) -> int:
+        return int(sum(p.size for p in self.pair_keys))
+
+    def nbytes(self) -> int:
+        return int(sum(a.nbytes for a in (*self.ctx_keys, *self.pair_keys, *self.own))
+                   + sum(b.nbytes for b in self.books if b is not None))
+
+    @classmethod
+    def merge(cls, per_lang: list[list[_LevelTerms]], vocab_size: int, bits: int = 32) -> CountTables:
+        """One table from each language's terms (same order), ids offset language by language."""
+        v = int(vocab_size)
+        n_lang = len(per_lang)
+        order = len(per_lang[0])
+        ctx_keys, pair_keys, own, books = [], [], [], []
+        prev_off = np.arange(n_lang + 1)  # level-0 context ids: the language index
+        for m in range(order):
+            sizes = np.array([t[m].ctx_keys.size for t in per_lang])
+            off = np.concatenate(([0], np.cumsum(sizes)))  # (L+1,) first context id of each language
+            if m == 0:
+                ck = np.arange(n_lang, dtype=np.int64)
+            else:
+                ck = np.concatenate([(t[m].ctx_keys // v + prev_off[i]) * v + t[m].ctx_keys % v
+                                     for i, t in enumerate(per_lang)])
+            pk = np.concatenate([(t[m].pair_keys // v + off[i]) * v + t[m].pair_keys % v
+                                 for i, t in enumerate(per_lang)])
+            o = np.concatenate([t[m].own for t in per_lang])
+            n_parents = int(prev_off[-1]) if m > 0 else n_lang
+            ctx_keys.append(ck.astype(_key_dtype(max(n_parents, 1), v)))
+            pair_keys.append(pk.astype(_key_dtype(int(off[-1]), v)))
+            if bits == 32:
+                own.append(_round_down_f32(o))
+                books.append(None)
+            else:
+                book = make_codebook(o, bits)
+                own.append(quantize(o, book))
+                books.append(book)
+            prev_off = off
+        tab = cls(v, n_lang, ctx_keys, pair_keys, own, books)
+        bad = [m for m, g in enumerate(tab.gamma) if g.size and g.min() <= 0]
+        if bad:
+            raise UserError(f"counts: backoff weights not positive at orders {[m + 1 for m in bad]}")
+        return tab
+
+    # ---------------------------------------------------------------- queries
+
+    def walk(self, hist: IntArray, lens: IntArray, langs: IntArray, depth: int
+             ) -> list[tuple[npt.NDArray[np.bool_], IntArray]]:
+        """Per level < depth: (found (R,), context id (R,)) of each row's history in its language's trie.
+
+        hist (R, k): hist[r, j] is the id j+1 places back; lens (R,): usable history length; langs (R,).
+        """
+        v = self.vocab_size
+        ids = langs.astype(np.int64)  # (R,)
+        found = np.ones(ids.size, dtype=bool)
+        out = [(found, ids)]
+        for m in range(1, min(depth, self.order)):
+            keys = self.ctx_keys[m]
+            ok = found & (lens >= m)
+            if keys.size == 0 or not ok.any():
+                break
+            key = (ids * v + hist[:, m - 1]).astype(keys.dtype)  # (R,)
+            i = np.minimum(np.searchsorted(keys, key), keys.size - 1)  # (R,)
+            found = ok & (keys[i] == key)
+            ids = np.where(found, i, 0)
+            out.append((found, ids))
+        return out
+
+    def symbol_probs(self, walk: list[tuple[npt.NDArray[np.bool_], IntArray]], target: IntArray) -> FloatArray:
+        """(R,) p_l(target | history) of each walked row."""
+        v = self.vocab_size
+        prob = np.full(target.size, 1.0 / v)  # (R,)
+        for m, (found, ids) in enumerate(walk):
+            pk = self.pair_keys[m]
+            key = (ids * v + target).astype(pk.dtype)  # (R,)
+            i = np.minimum(np.searchsorted(pk, key), pk.size - 1)  # (R,)
+            hit = found & (pk[i] == key)
+            own = np.zeros(target.size)
+            if hit.any():
+                own[hit] = self.terms(m, i[hit])
+            prob = np.where(found, self.gamma[m][ids] * prob + own, prob)
+        return prob
+
+    def dists(self, walk: list[tuple[npt.NDArray[np.bool_], IntArray]], n_rows: int) -> FloatArray:
+        """(R, V) full distribution of each walked row."""
+        v = self.vocab_size
+        out = np.full((n_rows, v), 1.0 / v)  # (R, V)
+        for m, (found, ids) in enumerate(walk):
+            pk = self.pair_keys[m]
+            rows = np.flatnonzero(found)  # (Q,)
+            if rows.size == 0:
+                break
+            c = ids[rows]  # (Q,)
+            out[rows] *= self.gamma[m][c][:, None]
+            a = np.searchsorted(pk, (c * v).astype(pk.dtype))  # (Q,) each context's n-grams are pk[a:b]
+            b = np.searchsorted(pk, (c * v + v).astype(pk.dtype))
+            span = b - a  # (Q,)
+            ends = np.cumsum(span)
+            if ends.size == 0 or ends[-1] == 0:
+                continue
+            idx = np.arange(ends[-1]) + np.repeat(a - (ends - span), span)  # (S,) all n-grams, row by row
+            nxt = (pk[idx] % v).astype(np.int64)  # (S,)
+            # one context never lists the same next id twice, so this fancy += has no collisions
+            out[np.repeat(rows, span), nxt] += self.terms(m, idx)
+        return out
+
+    def deepest(self, walk: list[tuple[npt.NDArray[np.bool_], IntArray]]) -> IntArray:
+        """(R,) the longest matched order (1 = unigram only) of each walked row."""
+        d = np.ones(walk[0][0].size, dtype=np.int64)
+        for m, (found, _) in enumerate(walk[1:], start=2):
+            d[found] = m
+        return d
+
+    # ---------------------------------------------------------------- persistence
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        for m in range(self.order):
+            out[f"ctx_{m}"] = self.ctx_keys[m]
+            out[f"pair_{m}"] = self.pair_keys[m]
+            out[f"own_{m}"] = self.own[m]
+            if self.books[m] is not None:
+                out[f"book_{m}"] = self.books[m]
+        return out
+
+
+def _hist(ids: IntArray, pos: IntArray, k: int) -> tuple[IntArray, IntArray]:
+    """History matrix (N, k) of ids before each position (hist[:, j] = id j+1 places back) and lengths (N,)."""
+    k1 = max(k, 1)
+    back = pos[:, None] - np.arange(1, k1 + 1)  # (N, k)
+    return ids[np.maximum(back, 0)], np.minimum(pos, k)
+
+
+# ====================================================================================== the model
+
+
+@dataclass
+class CountState:
+    """Incremental typing state: the ids fed so far and their per-language log-likelihood rows.
+
+    ell[i] (L,) is log p_l(ids[ell_lo + i] | ids before it) for positions ell_lo.. len(ids)-1 (position 0 has
+    none: it is the context's first id). Never changed in place: feed and truncate return new states.
+    """
+
+    ids: IntArray
+    ell: FloatArray  # (n - ell_lo, L)
+    ell_lo: int
+
+
+class CountModel:
+    """The language-aware count model behind the engine contract (vocab, context, logprobs, start/feed/truncate).
+
+    logprobs(contexts) (N, V) natural log for contexts that are tails of up to `context` ids of "\\n" + prefix;
+    `logprobs_at(seq, positions)` scores positions of one long text; `features(...)` gives the posterior's
+    entropy, the posterior itself and the longest matched order, for a learned combination.
+    """
+
+    model_type = "counts"
+
+    def __init__(self, tables: CountTables, vocab: Vocab, languages: list[str], config: CountsConfig,
+                 lang_chars: list[int] | None = None, run_id: str = "") -> None:
+        if tables.vocab_size != vocab.size:
+            raise UserError(f"counts: tables have vocabulary size {tables.vocab_size}, vocab.json {vocab.size}")
+        if tables.n_lang != len(languages):
+            raise UserError(f"counts: tables hold {tables.n_lang} languages, the config names {len(languages)}")
+        config.check()
+        self.tables, self.vocab, self.languages, self.config = tables, vocab, list(languages), config
+        self.run_id = run_id
+        self.order = tables.order
+        post = config.posterior
+        self.id_order = post.id_order or self.order
+        self.window = post.window
+        self.context = max(self.window + self.id_order - 1, self.order - 1, 1)
+        self.lang_chars = list(lang_chars) if lang_chars is not None else [1] * tables.n_lang
+        L = tables.n_lang
+        if post.prior == "size":
+            sizes = np.asarray(self.lang_chars, dtype=np.float64)
+            self.prior = sizes / sizes.sum()
+        else:
+            self.prior = np.full(L, 1.0 / L)
+        self.log_prior = np.log(self.prior)  # (L,)
+        self.decay_w = post.decay ** np.arange(self.window, dtype=np.float64)[::-1].copy()  # (P,) oldest first
+
+    @property
+    def n_lang(self) -> int:
+        return self.tables.n_lang
+
+    def with_posterior(self, post: PosteriorConfig) -> CountModel:
+        """The same tables with another posterior (cheap: for tuning)."""
+        return CountModel(self.tables, self.vocab, self.languages, replace(self.config, posterior=post),
+                          self.lang_chars, self.run_id)
+
+    # ---------------------------------------------------------------- pieces shared by every path
+
+    def ell_at(self, ids: IntArray, pos: IntArray) -> FloatArray:
+        """(N, L) log p_l(ids[p] | ids[:p]) for positions pos, each with the last id_order-1 ids before it."""
+        L = self.n_lang
+        if pos.size == 0:
+            return np.zeros((0, L))
+        hist, lens = _hist(ids, pos, self.id_order - 1)  # (N, k), (N,)
+        hist = np.repeat(hist, L, axis=0)  # (N*L, k) row = position-major, language-minor
+        lens = np.repeat(lens, L)
+        langs = np.tile(np.arange(L), pos.size)
+        walk = self.tables.walk(hist, lens, langs, self.id_order)
+        p = self.tables.symbol_probs(walk, np.repeat(ids[pos], L))
+        return np.log(p).reshape(pos.size, L)
+
+    def posterior(self, ell: FloatArray) -> FloatArray:
+        """(L,) p(l | h) from the log-likelihood rows (n, L) of the last n <= window positions, oldest first."""
+        post = self.config.posterior
+        n = ell.shape[0]
+        s = (self.decay_w[self.window - n:, None] * np.ascontiguousarray(ell)).sum(axis=0) if n else 0.0  # (L,)
+        z = self.log_prior + post.temperature * s  # (L,)
+        z = z - z.max()
+        w = np.exp(z)
+        w /= w.sum()
+        return (1.0 - post.floor) * w + post.floor * self.prior
+
+    def _mix(self, w: FloatArray, d: FloatArray) -> FloatArray:
+        """(N, V) sum_l w[:, l] d[:, l] with w (N, L) and d (N, L, V), languages added in index order."""
+        out = w[:, 0, None] * d[:, 0]
+        for l in range(1, self.n_lang):
+            out += w[:, l, None] * d[:, l]
+        return out
+
+    def _final(self, hists: list[IntArray], w: FloatArray) -> tuple[FloatArray, IntArray]:
+        """(N, V) log mixture after each history (its ids, oldest first) and (N, L) longest matched orders."""
+        n, L, k = len(hists), self.n_lang, max(self.order - 1, 1)
+        hist = np.zeros((n, k), dtype=np.int64)
+        lens = np.zeros(n, dtype=np.int64)
+        for i, h in enumerate(hists):
+            t = min(h.size, self.order - 1)
+            if t:
+                hist[i, :t] = h[::-1][:t]
+            lens[i] = t
+        walk = self.tables.walk(np.repeat(hist, L, axis=0), np.repeat(lens, L), np.tile(np.arange(L), n),
+                                self.order)
+        d = self.tables.dists(walk, n * L).reshape(n, L, -1)  # (N, L, V)
+        return np.log(self._mix(w, d)), self.tables.deepest(walk).reshape(n, L)
+
+    def _window_rows(self, n: int) -> tuple[int, int]:
+        """Positions [a, n) whose likelihoods enter the posterior after n ids (never position 0)."""
+        return max(1, n - self.window), n
+
+    # ---------------------------------------------------------------- batch
+
+    def logprobs(self, contexts: list[np.ndarray]) -> FloatArray:
+        """(N, V) natural-log next-id distributions for contexts (tails of "\\n" + prefix, 1..context ids)."""
+        return self.logprobs_features(contexts)[0]
+
+    def logprobs_features(self, contexts: list[np.ndarray]) -> tuple[FloatArray, dict[str, np.ndarray]]:
+        """logprobs and per context: 'posterior' (N, L), 'entropy' (N,) nats, 'order' (N,) longest matched order
+        (under the most probable language)."""
+        n_all = len(contexts)
+        out = np.empty((n_all, self.vocab.size))
+        feats = {"posterior": np.empty((n_all, self.n_lang)), "entropy": np.empty(n_all),
+                 "order": np.empty(n_all, dtype=np.int64)}
+        for lo in range(0, n_all, _CHUNK):
+            ctxs = [self._check(c, lo + i) for i, c in enumerate(contexts[lo:lo + _CHUNK])]
+            # every context's window positions, scored in one vectorized pass
+            spans = [self._window_rows(c.size) for c in ctxs]
+            pos_local = [np.arange(a, b) for a, b in spans]
+            ell_all = self._ell_multi(ctxs, pos_local)
+            w = np.stack([self.posterior(e) for e in ell_all]) if ctxs else np.zeros((0, self.n_lang))
+            lp, deep = self._final(ctxs, w)
+            out[lo:lo + len(ctxs)] = lp
+            self._features_into(feats, lo, w, deep)
+        return out, feats
+
+    def _ell_multi(self, ctxs: list[IntArray], pos_local: list[IntArray]) -> list[FloatArray]:
+        """ell_at for several contexts in one pass: (n_i, L) rows per context."""
+        sizes = [p.size for p in pos_local]
+        if sum(sizes) == 0:
+            return [np.zeros((0, self.n_lang)) for _ in ctxs]
+        flat = np.concatenate(ctxs)
+        starts = np.concatenate(([0], np.cumsum([c.size for c in ctxs])))[:-1]
+        pos = np.concatenate([p + s for p, s in zip(pos_local, starts)])
+        # histories must not reach into the previous context: clip their lengths at each context's start
+        own_start = np.repeat(starts, sizes)
+        ell = self._ell_clipped(flat, pos, pos - own_start)
+        return np.split(ell, np.cumsum(sizes)[:-1])
+
+    def _ell_clipped(self, ids: IntArray, pos: IntArray, avail: IntArray) -> FloatArray:
+        """ell_at where position p may only look back avail[p] ids."""
+        return self._ell_clipped_order(ids, pos, avail, self.id_order)
+
+    def _features_into(self, feats: dict, lo: int, w: FloatArray, deep: IntArray) -> None:
+        n = w.shape[0]
+        feats["posterior"][lo:lo + n] = w
+        feats["entropy"][lo:lo + n] = -(w * np.log(w)).sum(axis=1)
+        feats["order"][lo:lo + n] = deep[np.arange(n), w.argmax(axis=1)]
+
+    def _check(self, c: np.ndarray, i: int) -> IntArray:
+        a = np.asarray(c)
+        if a.ndim != 1 or a.size < 1 or a.size > self.context:
+            raise UserError(f"counts: context {i} must hold 1 to {self.context} ids, not shape {a.shape}")
+        if not np.issubdtype(a.dtype, np.integer) or a.min() < 0 or a.max() >= self.vocab.size:
+            raise UserError(f"counts: context {i} has ids outside [0, {self.vocab.size})")
+        return a.astype(np.int64)
+
+    # ---------------------------------------------------------------- one long text
+
+    def logprobs_at(self, seq: np.ndarray, positions: np.ndarray, start_id: int | None = None,
+                    with_features: bool = False):
+        """(N, V) log p(seq[p] = . | START + seq[:p]) for each p: what logprobs gives on split_context(seq, p, ...).
+
+        The text is read as START + seq (START = "\\n", as for every prediction); each position sees the same
+        last `context` ids logprobs would, and the per-position likelihoods are computed once for the whole text.
+        """
+        start = self.vocab.stoi["\n"] if start_id is None else int(start_id)
+        s = np.concatenate(([start], np.asarray(seq, dtype=np.int64)))  # (T+1,) index i+1 = seq[i]
+        pos = np.asarray(positions, dtype=np.int64) + 1  # (N,) number of ids before the prediction, START included
+        if pos.size and (pos.min() < 1 or pos.max() > s.size - 1 + 1):
+            raise UserError(f"counts: positions must lie in [0, {s.size - 1}]")
+        need = np.zeros(s.size + 1, dtype=bool)
+        C = self.context
+        for n in pos:  # the positions whose likelihoods any window uses
+            a0 = max(0, n - C)  # the context tail [a0, n); within it, window rows [max(a0+1, n-P), n)
+            need[max(a0 + 1, n - self.window):n] = True
+        rows = np.flatnonzero(need[:s.size])
+        # each row's history may not reach before its window's tail start: rows are shared between positions, so
+        # use a history no longer than the model could see from any tail that contains it (id_order - 1 <= C - P)
+        ell = np.zeros((s.size, self.n_lang))
+        if rows.size:
+            ell[rows] = self._ell_clipped(s, rows, rows)
+        out = np.empty((pos.size, self.vocab.size))
+        feats = {"posterior": np.empty((pos.size, self.n_lang)), "entropy": np.empty(pos.size),
+                 "order": np.empty(pos.size, dtype=np.int64)}
+        for lo in range(0, pos.size, _CHUNK):
+            chunk = pos[lo:lo + _CHUNK]
+            hists, ws = [], []
+            for n in chunk:
+                a0 = max(0, n - C)
+                a, b = max(a0 + 1, n - self.window), n
+                ws.append(self.posterior(ell[a:b]))
+                hists.append(s[a0:n])
+            w = np.stack(ws)
+            lp, deep = self._final(hists, w)
+            out[lo:lo + chunk.size] = lp
+            self._features_into(feats, lo, w, deep)
+        return (out, feats) if with_features else out
+
+    def stream_logprobs(self, seq: np.ndarray, start_id: int | None = None) -> tuple[FloatArray, FloatArray]:
+        """Read START + seq in order: (T,) log p(seq[t] | START + seq[:t]) for every t, and the (T, L) posteriors.
+
+        The same numbers as logprobs_at(seq, arange(T))[t, seq[t]] (the per-language terms are each language's
+        probability of the true id, mixed in the same order), at the cost of one walk per position and language.
+        """
+        start = self.vocab.stoi["\n"] if start_id is None else int(start_id)
+        s = np.concatenate(([start], np.asarray(seq, dtype=np.int64)))  # (T+1,)
+        rows = np.arange(1, s.size, dtype=np.int64)
+        full = self._ell_clipped_order(s, rows, rows, self.order)  # (T, L) log p_l(true id)
+        ell = full if self.id_order == self.order else self._ell_clipped(s, rows, rows)
+        ell = np.concatenate([np.zeros((1, self.n_lang)), ell])  # row i = position i of s
+        out = np.empty(rows.size)
+        posts = np.empty((rows.size, self.n_lang))
+        for j, n in enumerate(rows):
+            a, b = self._window_rows(int(n))
+            w = self.posterior(ell[a:b])
+            posts[j] = w
+            out[j] = math.log(float(self._mix(w[None], np.exp(full[j])[None, :, None])[0, 0]))
+        return out, posts
+
+    def _ell_clipped_order(self, ids: IntArray, pos: IntArray, avail: IntArray, order: int) -> FloatArray:
+        """(N, L) log p_l(ids[p] | the order-1 ids before p, at most avail[p] of them)."""
+        L = self.n_lang
+        hist, lens = _hist(ids, pos, order - 1)
+        lens = np.minimum(lens, avail)
+        walk = self.tables.walk(np.repeat(hist, L, axis=0), np.repeat(lens, L), np.tile(np.arange(L), pos.size),
+                                order)
+        return np.log(self.tables.symbol_probs(walk, np.repeat(ids[pos], L))).reshape(pos.size, L)
+
+    # ---------------------------------------------------------------- incremental
+
+    def start(self) -> CountState:
+        """An empty typing state (feed it "\\n" + the prefix's ids)."""
+        return CountState(np.zeros(0, dtype=np.int64), np.zeros((0, self.n_lang)), 0)
+
+    def feed(self, state: CountState, ids: np.ndarray) -> tuple[CountState, FloatArray]:
+        """(new state, (V,) log distribution after the last id) with ids (T >= 1,) appended."""
+        new = np.asarray(ids, dtype=np.int64)
+        if new.ndim != 1 or new.size == 0:
+            raise UserError("counts: feed needs at least one id")
+        if new.min() < 0 or new.max() >= self.vocab.size:
+            raise UserError(f"counts: feed ids outside [0, {self.vocab.size})")
+        all_ids = np.concatenate([state.ids, new])
+        old_n, n = state.ids.size, all_ids.size
+        lo = max(1, n - self.window)  # rows the new state keeps: exactly those its posterior reads
+        reuse = state.ell[lo - state.ell_lo:] if lo < old_n else state.ell[:0]  # rows [lo, old_n)
+        fresh = self._rows_range(all_ids, max(lo, old_n), n)
+        st = CountState(all_ids, np.concatenate([reuse, fresh]), lo)
+        return st, self._state_logprobs(st)
+
+    def _rows_range(self, ids: IntArray, a: int, b: int) -> FloatArray:
+        """ell rows of positions [a, b) of ids, each seeing what a tail of `context` ids ending at it would."""
+        pos = np.arange(max(a, 1), b, dtype=np.int64)
+        if pos.size == 0:
+            return np.zeros((0, self.n_lang))
+        return self._ell_clipped(ids, pos, pos)
+
+    def _state_logprobs(self, st: CountState) -> FloatArray:
+        n = st.ids.size
+        a, b = self._window_rows(n)
+        w = self.posterior(st.ell[a - st.ell_lo:b - st.ell_lo])[None]  # (1, L)
+        lp, _ = self._final([st.ids[max(0, n - self.context):]], w)
+        return lp[0]
+
+    def truncate(self, state: CountState, n: int) -> CountState:
+        """The state after its first n ids (n <= ids fed)."""
+        n = int(n)
+        if not 0 <= n <= state.ids.size:
+            raise UserError(f"counts: truncate to {n} ids of a state holding {state.ids.size}")
+        ids = state.ids[:n]
+        lo = max(1, n - self.window)
+        if n <= lo:
+            ell = state.ell[:0]
+        elif lo >= state.ell_lo:
+            ell = state.ell[lo - state.ell_lo:n - state.ell_lo]
+        else:
+            ell = self._rows_range(ids, lo, n)
+        return CountState(ids, ell, lo)
+
+
+# ====================================================================================== folders
+
+
+def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_model(model: CountModel, out: str | Path, extra: dict | None = None) -> None:
+    """Write a self-describing folder: tables/*.npy (memory-mappable), vocab.json, config.json (written last)."""
+    from nextchar import checkpoint
+
+    out = Path(out)
+    (out / "tables").mkdir(parents=True, exist_ok=True)
+    arrays = model.tables.arrays()
+    for name, arr in arrays.items():
+        _atomic_save_npy(out / "tables" / f"{name}.npy", arr)
+    model.vocab.save(out / "vocab.json")
+    cfg = {"model_type": "counts", "format": FORMAT, "version": VERSION, "languages": model.languages,
+           "lang_chars": model.lang_chars, "vocab_hash": model.vocab.hash, "vocab_size": model.vocab.size,
+           "counts": model.config.to_dict(), "arrays": sorted(arrays), **(extra or {})}
+    checkpoint.atomic_write_json(out / "config.json", cfg)
+
+
+def load_model(path: str | Path, mmap: bool = True) -> CountModel:
+    """Open a folder written by save_model (tables memory-mapped unless mmap=False); UserError when damaged."""
+    from nextchar import checkpoint
+
+    path = Path(path)
+    cfg = checkpoint.read_json(path / "config.json", "counts model config")
+    if not isinstance(cfg, dict) or cfg.get("model_type") != "counts" or cfg.get("format") != FORMAT:
+        raise UserError(f"{path / 'config.json'}: not a nextchar count model")
+    if cfg.get("version") != VERSION:
+        raise UserError(f"{path / 'config.json'}: count model version {cfg.get('version')} (expected {VERSION})")
+    vocab = Vocab.load(path / "vocab.json")
+    if vocab.hash != cfg.get("vocab_hash"):
+        raise UserError(f"{path / 'vocab.json'}: does not match the model's vocabulary ({cfg.get('vocab_hash')})")
+    try:
+        config = CountsConfig.from_dict(cfg["counts"])
+        langs = list(cfg["languages"])
+        arrs = {}
+        for name in cfg["arrays"]:
+            arrs[name] = np.load(path / "tables" / f"{name}.npy", mmap_mode="r" if mmap else None,
+                                 allow_pickle=False)
+        order = config.order
+        tables = CountTables(vocab.size, len(langs), [arrs[f"ctx_{m}"] for m in range(order)],
+                             [arrs[f"pair_{m}"] for m in range(order)], [arrs[f"own_{m}"] for m in range(order)],
+                             [np.asarray(arrs[f"book_{m}"]) if f"book_{m}" in arrs else None for m in range(order)])
+    except UserError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+        raise UserError(f"{path}: not a readable count model ({type(e).__name__}: {e})") from None
+    return CountModel(tables, vocab, langs, config, cfg.get("lang_chars"), path.name)
+
+
+# ====================================================================================== fitting
+
+
+def fit_languages(data: str | Path, max_order: int, languages: list[str] | None = None
+                  ) -> tuple[list[NGramModel], list[str], Vocab, list[int]]:
+    """One NGramModel per language of a prepared data dir, fitted on START + its train split."""
+    from nextchar.data import open_data
+
+    ds = open_data(data)
+    langs = languages or ds.languages
+    start = ds.vocab.stoi["\n"]
+    models, sizes = [], []
+    for lang in langs:
+        s = np.concatenate(([start], ds.split(lang, "train"))).astype(np.int64)
+        models.append(NGramModel.fit([s], ds.vocab.size, max_order))
+        sizes.append(int(s.size - 1))
+    return models, list(langs), ds.vocab, sizes
+
+
+def build_model(models: list[NGramModel], vocab: Vocab, languages: list[str], config: CountsConfig,
+                lang_chars: list[int] | None = None) -> CountModel:
+    """A CountModel of fitted per-language models under config (order, kind, cutoffs, bits, posterior)."""
+    config.check()
+    terms = [language_terms(m, config.order, config.kind, config.ppm_alpha, config.ppm_beta, config.cutoffs,
+                            config.prune) for m in models]
+    tables = CountTables.merge(terms, vocab.size, config.bits)
+    return CountModel(tables, vocab, languages, config, lang_chars)
+
+
+def folder_bytes(path: str | Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def train_counts(data: str | Path, out: str | Path, config: CountsConfig | None = None) -> dict:
+    """Fit per-language count tables on a data dir's train splits and write the model folder `out`.
+
+    Returns a summary (languages, entries, bytes on disk, seconds). The folder must not hold a model yet.
+    """
+    config = config or CountsConfig()
+    config.check()
+    out = Path(out)
+    if (out / "config.json").exists():
+        raise UserError(f"{out}: already holds a model (use another --out)")
+    t0 = time.time()
+    models, langs, vocab, sizes = fit_languages(data, config.order)
+    model = build_model(models, vocab, langs, config, sizes)
+    fit_s = time.time() - t0
+    save_model(model, out, {"data": str(Path(data).resolve())})
+    info = {"out": str(out), "languages": len(langs), "entries": model.tables.n_entries,
+            "bytes": folder_bytes(out), "fit_seconds": round(fit_s, 1), "context": model.context}
+    print(json.dumps(info))
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m nextchar.counts --data DATA --out DIR [...]`: the fitting job from the command line."""
+    import argparse
+    import sys
+
+    d = CountsConfig()
+    p = PosteriorConfig()
+    ap = argparse.ArgumentParser(prog="python -m nextchar.counts", description=train_counts.__doc__)
+    ap.add_argument("--data", required=True, help="prepared data dir (its language folders are the languages)")
+    ap.add_argument("--out", required=True, help="new model folder")
+    ap.add_argument("--order", type=int, default=d.order)
+    ap.add_argument("--kind", choices=KINDS, default=d.kind)
+    ap.add_argument("--prune", type=float, default=d.prune, help="likelihood pruning threshold in nats (0: off)")
+    ap.add_argument("--cutoffs", default="", help="minimum raw count per order, comma-separated (e.g. 1,1,1,2)")
+    ap.add_argument("--bits", type=int, default=d.bits, choices=(8, 16, 32))
+    ap.add_argument("--window", type=int, default=p.window)
+    ap.add_argument("--decay", type=float, default=p.decay)
+    ap.add_argument("--temperature", type=float, default=p.temperature)
+    ap.add_argument("--floor", type=float, default=p.floor)
+    ap.add_argument("--prior", choices=("uniform", "size"), default=p.prior)
+    ap.add_argument("--id-order", type=int, default=p.id_order)
+    a = ap.parse_args(argv)
+    try:
+        cut = tuple(int(x) for x in a.cutoffs.split(",") if x.strip())
+    except ValueError:
+        print(f"error: --cutoffs {a.cutoffs!r}: comma-separated integers", file=sys.stderr)
+        return 2
+    try:
+        post = PosteriorConfig(a.window, a.decay, a.temperature, a.floor, a.prior, a.id_order)
+        cfg = CountsConfig(order=a.order, kind=a.kind, cutoffs=cut, prune=a.prune, bits=a.bits, posterior=post)
+        train_counts(a.data, a.out, cfg)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,194 @@
+"""PPM with Dasher's rules (blending, update exclusion), learning as it reads, over any base distribution.
+
+Dasher's PPM language model (Ward & MacKay's Dasher; its defaults: alpha 0.49, beta 0.77, update exclusion on,
+symbol exclusion off) predicts from the contexts of the last 0..order-1 symbols that were seen before, longest
+last: a context with total count T and n distinct followers gives a symbol seen c times (c - beta) / (T + alpha)
+of the mass still unassigned, and passes (alpha + beta n) / (T + alpha) of it on to the next shorter context;
+what the empty context leaves goes to the base distribution (uniform in Dasher). Learning a symbol increments
+its count in the longest context, and in each shorter one only while the symbol was new in the longer one
+(update exclusion), which makes lower-order counts the Kneser-Ney continuation counts.
+
+Here the same rules drive two things: `SessionPPM`, the model of what has been typed in a session, whose base
+is the static count model (so a context seen only in this session is predicted from the session, everything
+else from the count model), and the hand-checkable reference of `CountsConfig(kind="ppm")` tables in tests.
+Every change is logged so `truncate` undoes learning exactly (backspace and edits while typing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+DASHER_ALPHA = 0.49
+DASHER_BETA = 0.77
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """The session PPM and how much of it is mixed in.
+
+    p = (1 - lam) * p_static + lam * p_ppm, where p_ppm is the session PPM over base p_static and lam depends on
+    the longest context M of the session seen before (its length, 0..order-1) and that context's total count
+    (column by COUNT_EDGES) - tuned on dev streams by `tune_weights`.
+    """
+
+    order: int = 7  # n-gram order: contexts of up to order-1 symbols
+    alpha: float = DASHER_ALPHA
+    beta: float = DASHER_BETA
+    weights: tuple[tuple[float, ...], ...] | None = None  # lam by [M][count column]; None: 1 everywhere
+
+
+COUNT_EDGES = (1, 2, 4, 8, 16)  # column j holds context totals in [COUNT_EDGES[j], COUNT_EDGES[j + 1])
+
+
+def count_column(total: int) -> int:
+    return int(np.searchsorted(COUNT_EDGES, total, side="right")) - 1
+
+
+class SessionPPM:
+    """A PPM over ids that learns symbol by symbol, with an exact undo log.
+
+    counts[ctx] is {symbol: count} for a context ctx (a tuple of ids, oldest first); totals[ctx] its sum.
+    """
+
+    def __init__(self, order: int = 7, alpha: float = DASHER_ALPHA, beta: float = DASHER_BETA) -> None:
+        if order < 1:
+            raise ValueError("order must be >= 1")
+        self.order, self.alpha, self.beta = int(order), float(alpha), float(beta)
+        self.counts: dict[tuple[int, ...], dict[int, int]] = {}
+        self.totals: dict[tuple[int, ...], int] = {}
+        self.history: list[int] = []
+        self._log: list[list[tuple[tuple[int, ...], int]]] = []  # per learned symbol: (context, symbol) increments
+
+    def __len__(self) -> int:
+        return len(self.history)
+
+    def contexts(self) -> list[tuple[int, ...]]:
+        """The seen contexts of the current history, shortest first (suffix-closed, so they stop at the first miss)."""
+        h = self.history
+        out = []
+        for k in range(0, min(self.order - 1, len(h)) + 1):
+            ctx = tuple(h[len(h) - k:]) if k else ()
+            if ctx not in self.counts:
+                break
+            out.append(ctx)
+        return out
+
+    def learn(self, sym: int) -> None:
+        """Count sym after the current history (update exclusion), then append it."""
+        h, s = self.history, int(sym)
+        incs = []
+        for k in range(min(self.order - 1, len(h)), -1, -1):
+            ctx = tuple(h[len(h) - k:]) if k else ()
+            d = self.counts.get(ctx)
+            if d is None:
+                d = self.counts[ctx] = {}
+                self.totals[ctx] = 0
+            seen = s in d
+            d[s] = d.get(s, 0) + 1
+            self.totals[ctx] += 1
+            incs.append((ctx, s))
+            if seen:
+                break  # update exclusion: shorter contexts already know s
+        h.append(s)
+        self._log.append(incs)
+
+    def truncate(self, n: int) -> None:
+        """Undo learning back to the first n symbols."""
+        while len(self.history) > n:
+            self.history.pop()
+            for ctx, s in reversed(self._log.pop()):
+                d = self.counts[ctx]
+                d[s] -= 1
+                self.totals[ctx] -= 1
+                if d[s] == 0:
+                    del d[s]
+                if not d:
+                    del self.counts[ctx]
+                    del self.totals[ctx]
+
+    def match(self) -> tuple[int, int]:
+        """(length of the longest seen context, its total count); (-1, 0) when nothing was learned."""
+        ctxs = self.contexts()
+        if not ctxs:
+            return -1, 0
+        return len(ctxs[-1]), self.totals[ctxs[-1]]
+
+    def prob(self, sym: int, base_p: float) -> float:
+        """P(sym | history) with base_p the base distribution's probability of sym (blending, no exclusion)."""
+        q = float(base_p)
+        a, b = self.alpha, self.beta
+        for ctx in self.contexts():
+            d, t = self.counts[ctx], self.totals[ctx]
+            c = d.get(int(sym), 0)
+            q = (a + b * len(d)) / (t + a) * q + ((c - b) / (t + a) if c else 0.0)
+        return q
+
+    def dist(self, base: np.ndarray) -> np.ndarray:
+        """(V,) P(. | history) over a base distribution (V,)."""
+        q = np.array(base, dtype=np.float64)
+        a, b = self.alpha, self.beta
+        for ctx in self.contexts():
+            d, t = self.counts[ctx], self.totals[ctx]
+            q *= (a + b * len(d)) / (t + a)
+            syms = np.fromiter(d.keys(), dtype=np.int64, count=len(d))
+            cnt = np.fromiter(d.values(), dtype=np.float64, count=len(d))
+            q[syms] += (cnt - b) / (t + a)
+        return q
+
+
+def lam(cfg: SessionConfig, m: int, total: int) -> float:
+    """The session's weight for a longest seen context of length m (-1: none) with that total count."""
+    if m < 0:
+        return 0.0
+    if cfg.weights is None:
+        return 1.0
+    return float(cfg.weights[min(m, len(cfg.weights) - 1)][count_column(total)])
+
+
+def stream_terms(ids: np.ndarray, p_static: np.ndarray, cfg: SessionConfig) -> dict[str, np.ndarray]:
+    """Read ids in order, learning each after predicting it: per position the session PPM's probability of the
+    true id over p_static (the static model's probability of it, (T,)), the longest seen context and its total."""
+    ppm = SessionPPM(cfg.order, cfg.alpha, cfg.beta)
+    n = len(ids)
+    p_ppm = np.empty(n)
+    m_len = np.empty(n, dtype=np.int64)
+    m_tot = np.empty(n, dtype=np.int64)
+    for t, x in enumerate(np.asarray(ids).tolist()):
+        m_len[t], m_tot[t] = ppm.match()
+        p_ppm[t] = ppm.prob(x, p_static[t])
+        ppm.learn(x)
+    return {"p_ppm": p_ppm, "m_len": m_len, "m_tot": m_tot}
+
+
+def mix_stream(p_static: np.ndarray, terms: dict[str, np.ndarray], cfg: SessionConfig) -> np.ndarray:
+    """(T,) adapted probability of each true id: (1 - lam) p_static + lam p_ppm."""
+    w = np.array([lam(cfg, int(m), int(t)) for m, t in zip(terms["m_len"], terms["m_tot"])])
+    return (1.0 - w) * p_static + w * terms["p_ppm"]
+
+
+def tune_weights(streams: list[tuple[np.ndarray, dict[str, np.ndarray]]], order: int,
+                 grid: np.ndarray | None = None) -> tuple[tuple[float, ...], ...]:
+    """lam per (longest context length, count column) that minimizes the total log-loss of dev streams.
+
+    Each cell's positions are disjoint, so the cells are tuned independently by an exact grid search
+    (streams: (p_static (T,), stream_terms output) pairs read with the same order).
+    """
+    grid = np.linspace(0.0, 1.0, 41) if grid is None else grid
+    ps = np.concatenate([s[0] for s in streams])
+    pp = np.concatenate([s[1]["p_ppm"] for s in streams])
+    ml = np.concatenate([s[1]["m_len"] for s in streams])
+    cols = np.concatenate([[count_column(int(t)) for t in s[1]["m_tot"]] for s in streams]).astype(np.int64)
+    out = []
+    for m in range(order):
+        row = []
+        for c in range(len(COUNT_EDGES)):
+            sel = (ml == m) & (cols == c)
+            if not sel.any():
+                row.append(0.0)
+                continue
+            loss = [-np.log((1 - g) * ps[sel] + g * pp[sel]).sum() for g in grid]
+            row.append(float(grid[int(np.argmin(loss))]))
+        out.append(tuple(row))
+    return tuple(out)
