@@ -19,9 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import resource
-import sys
 import time
 from pathlib import Path
 
@@ -30,12 +27,10 @@ import numpy as np
 from nextchar.counts import (
     CountModel,
     CountsConfig,
-    PosteriorConfig,
     build_model,
     fit_languages,
     folder_bytes,
     load_model,
-    save_model,
 )
 from nextchar.data import eval_positions, open_data
 
@@ -192,6 +187,202 @@ def cmd_size(args) -> dict:
     return res
 
 
+def cmd_tune(args) -> dict:
+    """The posterior's settings on dev, the model's tables fixed: quality (static eval) and batch cost."""
+    from dataclasses import replace as dc_replace
+
+    ds = open_data(args.data)
+    base = load_model(args.model)
+    p0 = base.config.posterior
+    res = {}
+    print(f"{'window':>6} {'decay':>6} {'temp':>5} {'floor':>7} {'prior':>7} {'id':>3} {'minw':>6} | "
+          f"{'top1':>7} {'top3':>7} {'bpc':>7} | {'s':>5}")
+    for spec in args.grid.split(";"):
+        kv = dict(x.split("=") for x in spec.split(",") if x)
+        typed = {k: (type(getattr(p0, k))(v)) for k, v in kv.items()}
+        post = dc_replace(p0, **typed)
+        m = base.with_posterior(post)
+        t0 = time.time()
+        r = aware_eval(m, ds, args.split, args.positions)
+        dt = time.time() - t0
+        mm = r["macro"]
+        res[spec] = {**r, "seconds": dt, "posterior": vars(post)}
+        print(f"{post.window:>6} {post.decay:>6} {post.temperature:>5} {post.floor:>7} {post.prior:>7} "
+              f"{post.id_order:>3} {post.min_weight:>6} | {mm['top1']:>7.2%} {mm['top3']:>7.2%} {mm['bpc']:>7.4f} | "
+              f"{dt:>5.0f}", flush=True)
+    return res
+
+
+# ------------------------------------------------------------------------------------------ streaming
+
+
+def stream_text(ds, lang: str, split: str, chars: int) -> np.ndarray:
+    """The first `chars` ids of a language's split (all of it when shorter): the same for every system."""
+    return ds.split(lang, split)[:chars].astype(np.int64)
+
+
+def static_streams(model: CountModel, ds, split: str, chars: int, cache: Path | None = None) -> dict:
+    """Per language: the count model's log p of each id reading the text in order, and the oracle's (told)."""
+    if cache is not None and cache.exists():
+        z = np.load(cache)
+        return {lang: {"lp": z[f"{lang}_lp"], "oracle": z[f"{lang}_oracle"]} for lang in model.languages}
+    out = {}
+    for li, lang in enumerate(model.languages):
+        t0 = time.time()
+        lp, _, full = model.stream_logprobs(stream_text(ds, lang, split, chars))
+        out[lang] = {"lp": lp, "oracle": full[:, li]}
+        print(f"  {lang}: static stream {lp.size} chars {-lp.mean() / LN2:.3f} bpc ({time.time() - t0:.1f}s)",
+              flush=True)
+    if cache is not None:
+        np.savez(cache, **{f"{lang}_{k}": v for lang, d in out.items() for k, v in d.items()})
+    return out
+
+
+def ppmd_bits(prime: bytes, text: bytes, order: int = 12, mem: int = 1 << 30, prime_bytes_only: int | None = None
+              ) -> float:
+    """Bits PPMd var. H (pyppmd.Ppmd7Encoder) spends on `text` after reading `prime`.
+
+    pyppmd exposes no per-symbol probabilities, so this is the size of the whole compressed stream (prime + text,
+    flushed) minus that of the prime alone, in bits; the range coder's few bytes in flight make it exact to about
+    +-32 bits (0.002 bpc on 20,000 characters). The model is never restarted (1 GiB; 256 MiB gives the same bits).
+    """
+    import pyppmd
+
+    if prime_bytes_only is None:
+        e = pyppmd.Ppmd7Encoder(order, mem)
+        prime_bytes_only = len(e.encode(prime)) + len(e.flush()) if prime else 0
+    e = pyppmd.Ppmd7Encoder(order, mem)
+    n = len(e.encode(prime)) if prime else 0
+    n += len(e.encode(text))
+    n += len(e.flush())
+    return 8.0 * (n - prime_bytes_only)
+
+
+def session_streams(static: dict, ds, split: str, chars: int, cfg) -> dict:
+    from nextchar.ppm import stream_terms
+
+    out = {}
+    for lang, d in static.items():
+        ids = stream_text(ds, lang, split, chars)
+        out[lang] = {"all": stream_terms(ids, np.exp(d["lp"]), cfg), "oracle": stream_terms(ids, np.exp(d["oracle"]), cfg)}
+    return out
+
+
+def cmd_stream(args) -> dict:
+    """Streaming bpc per language: count model static and adapting (with and without the language), PPMd."""
+    from dataclasses import replace as dc_replace
+
+    from nextchar.ppm import SessionConfig, mix_stream, tune_weights
+
+    ds = open_data(args.data)
+    model = load_model(args.model)
+    tag = Path(args.model).name
+    cache_dir = Path(args.cache)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    print(f"static streams (dev, for tuning the session) of {args.model}", flush=True)
+    dev = static_streams(model, ds, "dev", args.chars, cache_dir / f"{tag}_dev_{args.chars}.npz")
+    best = None
+    for order in [int(o) for o in args.session_orders.split(",")]:
+        for ab in args.session_ab.split(";"):
+            a, b = (float(x) for x in ab.split(","))
+            cfg = SessionConfig(order=order, alpha=a, beta=b)
+            terms = session_streams(dev, ds, "dev", args.chars, cfg)
+            w = tune_weights([(np.exp(dev[lang]["lp"]), terms[lang]["all"]) for lang in dev], order)
+            cfg = dc_replace(cfg, weights=w)
+            bpc = np.mean([-np.log(mix_stream(np.exp(dev[lang]["lp"]), terms[lang]["all"], cfg)).mean() / LN2
+                           for lang in dev])
+            print(f"  session order {order} alpha {a} beta {b}: dev stream {bpc:.4f} bpc (macro)", flush=True)
+            if best is None or bpc < best[0]:
+                best = (bpc, cfg)
+    cfg = best[1]
+    print(f"chosen on dev: {cfg}", flush=True)
+    print(f"static streams ({args.split}) of {args.model}", flush=True)
+    test = static_streams(model, ds, args.split, args.chars, cache_dir / f"{tag}_{args.split}_{args.chars}.npz")
+    terms = session_streams(test, ds, args.split, args.chars, cfg)
+    rows = {}
+    all_prime = None
+    if args.ppmd:
+        all_prime = "\n".join(ds.text(lang, "train") for lang in ds.languages).encode("utf-8")
+        import pyppmd
+
+        e = pyppmd.Ppmd7Encoder(12, 1 << 30)
+        all_only = len(e.encode(all_prime)) + len(e.flush())
+    for lang in model.languages:
+        ids = stream_text(ds, lang, args.split, args.chars)
+        n = ids.size
+        r = {"chars": int(n)}
+        d, t = test[lang], terms[lang]
+        r["counts static"] = float(-d["lp"].mean() / LN2)
+        r["counts adapting"] = float(-np.log(mix_stream(np.exp(d["lp"]), t["all"], cfg)).mean() / LN2)
+        r["counts oracle static"] = float(-d["oracle"].mean() / LN2)
+        r["counts oracle adapting"] = float(-np.log(mix_stream(np.exp(d["oracle"]), t["oracle"], cfg)).mean() / LN2)
+        if args.ppmd:
+            text = ds.vocab.decode(ids).encode("utf-8")
+            r["ppmd own"] = ppmd_bits(ds.text(lang, "train").encode("utf-8"), text) / n
+            r["ppmd all"] = ppmd_bits(all_prime, text, prime_bytes_only=all_only) / n
+            r["ppmd none"] = ppmd_bits(b"", text) / n
+        rows[lang] = r
+        print(f"{lang:<5} {n:>6} " + " ".join(f"{k} {v:.3f}" for k, v in r.items() if k != "chars"), flush=True)
+    systems = [k for k in next(iter(rows.values())) if k != "chars"]
+    mac = {k: float(np.mean([r[k] for r in rows.values()])) for k in systems}
+    print("macro " + " ".join(f"{k} {v:.3f}" for k, v in mac.items()))
+    return {"model": args.model, "split": args.split, "chars": args.chars, "session": str(cfg), "languages": rows,
+            "macro": mac}
+
+
+# ------------------------------------------------------------------------------------------ cost
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def cmd_cost(args) -> dict:
+    """Load time, size on disk, RSS, ms per keystroke (one thread) and prefixes/s in batch, on test text."""
+    ds = open_data(args.data)
+    rss0 = rss_mb()
+    t0 = time.perf_counter()
+    model = load_model(args.model)
+    load_s = time.perf_counter() - t0
+    rng = np.random.default_rng(0)
+    langs = model.languages
+    # typing: each language's test text from its start, one key at a time (feed), after a warm-up
+    per_key = []
+    for lang in langs:
+        ids = ds.split(lang, "test")[:args.keys].astype(np.int64)
+        st, _ = model.feed(model.start(), np.array([model.vocab.stoi["\n"]]))
+        for x in ids:
+            t = time.perf_counter()
+            st, _ = model.feed(st, np.array([x]))
+            per_key.append(time.perf_counter() - t)
+    per_key = np.array(per_key[len(langs):]) * 1e3
+    # batch: random full-length test contexts (no shared windows), and typing traces (every prefix of a text)
+    ctx = []
+    for lang in langs:
+        arr = ds.split(lang, "test")
+        for p in rng.integers(model.context, len(arr), size=args.batch // len(langs)):
+            ctx.append(arr[p - model.context:p].astype(np.int64))
+    t = time.perf_counter()
+    model.logprobs(ctx)
+    rand_ps = len(ctx) / (time.perf_counter() - t)
+    seq = ds.split("en", "test")[:args.batch].astype(np.int64)
+    t = time.perf_counter()
+    model.logprobs_at(seq, np.arange(seq.size))
+    trace_ps = seq.size / (time.perf_counter() - t)
+    res = {"model": args.model, "load_s": load_s, "disk_mb": folder_bytes(args.model) / 1e6,
+           "rss_mb_after_load": rss0 and rss_mb(), "rss_mb_growth": rss_mb() - rss0,
+           "key_ms_p50": float(np.percentile(per_key, 50)), "key_ms_p99": float(np.percentile(per_key, 99)),
+           "keys": int(per_key.size), "batch_random_prefixes_per_s": rand_ps, "long_text_positions_per_s": trace_ps,
+           "context": model.context}
+    for k, v in res.items():
+        print(f"{k:>30}: {v:.3f}" if isinstance(v, float) else f"{k:>30}: {v}")
+    return res
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("cmd", choices=["oracle", "tune", "size", "static", "stream", "cost"])
@@ -203,9 +394,20 @@ def main(argv=None) -> None:
     ap.add_argument("--cutoffs", default=";".join(CUTOFF_SETS))
     ap.add_argument("--bits", default="32,16,8")
     ap.add_argument("--prune", default="0")
+    ap.add_argument("--model", default="/work/runs/counts/kn8_p045")
+    ap.add_argument("--chars", type=int, default=20000)
+    ap.add_argument("--cache", default="/work/runs/counts/cache")
+    ap.add_argument("--session-orders", default="5,7")
+    ap.add_argument("--session-ab", default="0.49,0.77")
+    ap.add_argument("--ppmd", action="store_true")
+    ap.add_argument("--grid", default="window=128;window=64;window=32;window=64,id_order=4;window=64,id_order=3;"
+                    "window=64,id_order=3,min_weight=0.001;window=64,id_order=3,min_weight=0.01",
+                    help="tune: ';'-separated posterior settings (k=v,...) over the model's own")
+    ap.add_argument("--keys", type=int, default=300, help="cost: keystrokes per language")
+    ap.add_argument("--batch", type=int, default=2400, help="cost: prefixes in the batch measurements")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    res = {"oracle": cmd_oracle, "size": cmd_size}[args.cmd](args)
+    res = {"oracle": cmd_oracle, "size": cmd_size, "tune": cmd_tune, "stream": cmd_stream, "cost": cmd_cost}[args.cmd](args)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(res, indent=1))

@@ -56,6 +56,9 @@ class PosteriorConfig:
     floor: float = 1e-3
     prior: str = "uniform"  # or "size": proportional to the language's training characters
     id_order: int = 0
+    # languages below this posterior weight are left out of the mixture (the rest renormalized): the same
+    # answer in every path, at a fraction of the cost; they stay in the posterior, so a switch is still followed
+    min_weight: float = 0.0
 
     def check(self, order: int) -> None:
         problems = []
@@ -71,6 +74,8 @@ class PosteriorConfig:
             problems.append(f"prior {self.prior!r} must be uniform or size")
         if not 0 <= self.id_order <= order:
             problems.append(f"id_order {self.id_order} must be in [0, {order}]")
+        if not 0.0 <= self.min_weight < 0.5:
+            problems.append(f"min_weight {self.min_weight} must be in [0, 0.5)")
         if problems:
             raise UserError("counts posterior: " + "; ".join(problems))
 
@@ -521,13 +526,22 @@ class CountModel:
     def _mix(self, w: FloatArray, d: FloatArray) -> FloatArray:
         """(N, V) sum_l w[:, l] d[:, l] with w (N, L) and d (N, L, V), languages added in index order."""
         out = w[:, 0, None] * d[:, 0]
-        for l in range(1, self.n_lang):
-            out += w[:, l, None] * d[:, l]
+        for li in range(1, self.n_lang):
+            out += w[:, li, None] * d[:, li]
         return out
 
+    def mixture_weights(self, w: FloatArray) -> FloatArray:
+        """(N, L) the posterior's weights as mixed: languages under min_weight dropped, the rest renormalized."""
+        thr = self.config.posterior.min_weight
+        if thr <= 0:
+            return w
+        keep = np.where(w >= thr, w, 0.0)  # the best language is always >= 1/L > min_weight
+        return keep / keep.sum(axis=1, keepdims=True)
+
     def _final(self, hists: list[IntArray], w: FloatArray) -> tuple[FloatArray, IntArray]:
-        """(N, V) log mixture after each history (its ids, oldest first) and (N, L) longest matched orders."""
-        n, L, k = len(hists), self.n_lang, max(self.order - 1, 1)
+        """(N, V) log mixture after each history (its ids, oldest first) and (N,) longest matched order under the
+        most probable language; only languages with a mixture weight are computed."""
+        n, k = len(hists), max(self.order - 1, 1)
         hist = np.zeros((n, k), dtype=np.int64)
         lens = np.zeros(n, dtype=np.int64)
         for i, h in enumerate(hists):
@@ -535,10 +549,24 @@ class CountModel:
             if t:
                 hist[i, :t] = h[::-1][:t]
             lens[i] = t
-        walk = self.tables.walk(np.repeat(hist, L, axis=0), np.repeat(lens, L), np.tile(np.arange(L), n),
-                                self.order)
-        d = self.tables.dists(walk, n * L).reshape(n, L, -1)  # (N, L, V)
-        return np.log(self._mix(w, d)), self.tables.deepest(walk).reshape(n, L)
+        mw = self.mixture_weights(w)  # (N, L)
+        ctx_i, lang = np.nonzero(mw)  # (R,) each row a (context, language) with weight, language-ascending
+        walk = self.tables.walk(hist[ctx_i], lens[ctx_i], lang, self.order)
+        d = self.tables.dists(walk, ctx_i.size)  # (R, V)
+        d *= mw[ctx_i, lang][:, None]
+        # add each context's languages in ascending order: rank r = the r-th language of its context
+        first = np.searchsorted(ctx_i, np.arange(n))  # (N,) first row of each context
+        rank = np.arange(ctx_i.size) - first[ctx_i]  # (R,)
+        out = np.zeros((n, self.vocab.size))
+        for r in range(int(rank.max()) + 1 if rank.size else 0):
+            sel = rank == r
+            out[ctx_i[sel]] += d[sel]
+        deep_rows = self.tables.deepest(walk)  # (R,)
+        top = w.argmax(axis=1)  # (N,)
+        is_top = lang == top[ctx_i]
+        deep = np.ones(n, dtype=np.int64)
+        deep[ctx_i[is_top]] = deep_rows[is_top]
+        return np.log(out), deep
 
     def _window_rows(self, n: int) -> tuple[int, int]:
         """Positions [a, n) whose likelihoods enter the posterior after n ids (never position 0)."""
@@ -590,7 +618,7 @@ class CountModel:
         n = w.shape[0]
         feats["posterior"][lo:lo + n] = w
         feats["entropy"][lo:lo + n] = -(w * np.log(w)).sum(axis=1)
-        feats["order"][lo:lo + n] = deep[np.arange(n), w.argmax(axis=1)]
+        feats["order"][lo:lo + n] = deep
 
     def _check(self, c: np.ndarray, i: int) -> IntArray:
         a = np.asarray(c)
@@ -642,8 +670,10 @@ class CountModel:
             self._features_into(feats, lo, w, deep)
         return (out, feats) if with_features else out
 
-    def stream_logprobs(self, seq: np.ndarray, start_id: int | None = None) -> tuple[FloatArray, FloatArray]:
-        """Read START + seq in order: (T,) log p(seq[t] | START + seq[:t]) for every t, and the (T, L) posteriors.
+    def stream_logprobs(self, seq: np.ndarray, start_id: int | None = None
+                        ) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """Read START + seq in order: (T,) log p(seq[t] | START + seq[:t]) for every t, the (T, L) posteriors and
+        the (T, L) log-probabilities of each language's own model (what an oracle told the language gives).
 
         The same numbers as logprobs_at(seq, arange(T))[t, seq[t]] (the per-language terms are each language's
         probability of the true id, mixed in the same order), at the cost of one walk per position and language.
@@ -660,8 +690,9 @@ class CountModel:
             a, b = self._window_rows(int(n))
             w = self.posterior(ell[a:b])
             posts[j] = w
-            out[j] = math.log(float(self._mix(w[None], np.exp(full[j])[None, :, None])[0, 0]))
-        return out, posts
+            mw = self.mixture_weights(w[None])  # (1, L)
+            out[j] = math.log(float(self._mix(mw, np.exp(full[j])[None, :, None])[0, 0]))
+        return out, posts, full
 
     def _ell_clipped_order(self, ids: IntArray, pos: IntArray, avail: IntArray, order: int) -> FloatArray:
         """(N, L) log p_l(ids[p] | the order-1 ids before p, at most avail[p] of them)."""
@@ -773,8 +804,9 @@ def load_model(path: str | Path, mmap: bool = True) -> CountModel:
         langs = list(cfg["languages"])
         arrs = {}
         for name in cfg["arrays"]:
-            arrs[name] = np.load(path / "tables" / f"{name}.npy", mmap_mode="r" if mmap else None,
-                                 allow_pickle=False)
+            # a plain ndarray view of the map: np.memmap's subclass hooks cost microseconds on every index
+            arrs[name] = np.asarray(np.load(path / "tables" / f"{name}.npy", mmap_mode="r" if mmap else None,
+                                            allow_pickle=False))
         order = config.order
         tables = CountTables(vocab.size, len(langs), [arrs[f"ctx_{m}"] for m in range(order)],
                              [arrs[f"pair_{m}"] for m in range(order)], [arrs[f"own_{m}"] for m in range(order)],

@@ -64,9 +64,10 @@ class SessionPPM:
     def __len__(self) -> int:
         return len(self.history)
 
-    def contexts(self) -> list[tuple[int, ...]]:
-        """The seen contexts of the current history, shortest first (suffix-closed, so they stop at the first miss)."""
-        h = self.history
+    def contexts(self, history: list[int] | None = None) -> list[tuple[int, ...]]:
+        """The seen contexts of a history (default: what was learned), shortest first; the seen contexts are
+        suffix-closed, so the walk stops at the first miss."""
+        h = self.history if history is None else list(history)
         out = []
         for k in range(0, min(self.order - 1, len(h)) + 1):
             ctx = tuple(h[len(h) - k:]) if k else ()
@@ -115,21 +116,21 @@ class SessionPPM:
             return -1, 0
         return len(ctxs[-1]), self.totals[ctxs[-1]]
 
-    def prob(self, sym: int, base_p: float) -> float:
+    def prob(self, sym: int, base_p: float, history: list[int] | None = None) -> float:
         """P(sym | history) with base_p the base distribution's probability of sym (blending, no exclusion)."""
         q = float(base_p)
         a, b = self.alpha, self.beta
-        for ctx in self.contexts():
+        for ctx in self.contexts(history):
             d, t = self.counts[ctx], self.totals[ctx]
             c = d.get(int(sym), 0)
             q = (a + b * len(d)) / (t + a) * q + ((c - b) / (t + a) if c else 0.0)
         return q
 
-    def dist(self, base: np.ndarray) -> np.ndarray:
-        """(V,) P(. | history) over a base distribution (V,)."""
+    def dist(self, base: np.ndarray, history: list[int] | None = None) -> np.ndarray:
+        """(V,) P(. | history) over a base distribution (V,) (history: default what was learned)."""
         q = np.array(base, dtype=np.float64)
         a, b = self.alpha, self.beta
-        for ctx in self.contexts():
+        for ctx in self.contexts(history):
             d, t = self.counts[ctx], self.totals[ctx]
             q *= (a + b * len(d)) / (t + a)
             syms = np.fromiter(d.keys(), dtype=np.int64, count=len(d))
