@@ -213,6 +213,28 @@ def cmd_tune(args) -> dict:
     return res
 
 
+def cmd_static(args) -> dict:
+    """Per-language and macro top-1/top-3/bpc on each of --splits for every system, one table per split."""
+    ds = open_data(args.data)
+    models, langs, vocab, sizes = fit_languages(args.data, 8)
+    oracles = {"KN8 told the language": CountsConfig(order=8, kind="kn", bits=32),
+               "PPM6 (Dasher) told": CountsConfig(order=6, kind="ppm", bits=32),
+               "PPM8 (Dasher rules) told": CountsConfig(order=8, kind="ppm", bits=32)}
+    out = {}
+    for split in args.splits.split(","):
+        res = {"multilingual KN8": multilingual_kn(ds, split, args.positions)}
+        for name, cfg in oracles.items():
+            res[name] = oracle_eval(build_model(models, vocab, langs, cfg, sizes), ds, split, args.positions)
+        full = build_model(models, vocab, langs, CountsConfig(order=8, kind="kn", bits=32), sizes)
+        shipped = load_model(args.model)
+        res["aware KN8 full, no language"] = aware_eval(full.with_posterior(shipped.config.posterior), ds, split,
+                                                        args.positions)
+        res[f"aware {Path(args.model).name}"] = aware_eval(shipped, ds, split, args.positions)
+        print(table(f"{split}: {args.positions} positions per language", res), flush=True)
+        out[split] = res
+    return out
+
+
 # ------------------------------------------------------------------------------------------ streaming
 
 
@@ -400,6 +422,7 @@ def main(argv=None) -> None:
     ap.add_argument("--session-orders", default="5,7")
     ap.add_argument("--session-ab", default="0.49,0.77")
     ap.add_argument("--ppmd", action="store_true")
+    ap.add_argument("--splits", default="dev,test", help="static: the splits to report")
     ap.add_argument("--grid", default="window=128;window=64;window=32;window=64,id_order=4;window=64,id_order=3;"
                     "window=64,id_order=3,min_weight=0.001;window=64,id_order=3,min_weight=0.01",
                     help="tune: ';'-separated posterior settings (k=v,...) over the model's own")
@@ -407,7 +430,7 @@ def main(argv=None) -> None:
     ap.add_argument("--batch", type=int, default=2400, help="cost: prefixes in the batch measurements")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    res = {"oracle": cmd_oracle, "size": cmd_size, "tune": cmd_tune, "stream": cmd_stream, "cost": cmd_cost}[args.cmd](args)
+    res = {"oracle": cmd_oracle, "size": cmd_size, "tune": cmd_tune, "static": cmd_static, "stream": cmd_stream, "cost": cmd_cost}[args.cmd](args)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(res, indent=1))

@@ -26,7 +26,7 @@ from nextchar.errors import UserError
 from nextchar.ngram import NGramModel
 from nextchar.ppm import DASHER_ALPHA as A
 from nextchar.ppm import DASHER_BETA as B
-from nextchar.ppm import SessionConfig, SessionPPM, mix_stream, stream_terms
+from nextchar.ppm import AdaptiveSession, SessionConfig, SessionPPM, mix_stream, stream_adapted, stream_terms
 from nextchar.predict import split_context
 from nextchar.streaming import CountStream, ppmd_bits, ppmd_size, stream_counts
 from nextchar.vocab import Vocab
@@ -291,15 +291,38 @@ def test_streaming_equals_hand_computation() -> None:
     #                                          + (1 - B)/(1 + A)
     ids = np.array([2, 3, 2, 3])
     base = np.full(4, 0.25)
-    cfg = SessionConfig(order=2, weights=((0.5,) * 5, (0.75,) * 5))
+    cfg = SessionConfig(order=2, weights=((0.5,) * 10, (0.75,) * 10))
     t = stream_terms(ids, base, cfg)
     root3 = (A + 2 * B) / (3 + A) * 0.25 + (1 - B) / (3 + A)
     want = [0.25, (A + B) / (1 + A) * 0.25, (A + 2 * B) / (2 + A) * 0.25 + (1 - B) / (2 + A),
             (A + B) / (1 + A) * root3 + (1 - B) / (1 + A)]
     np.testing.assert_allclose(t["p_ppm"], want, rtol=1e-14)
     assert t["m_len"].tolist() == [-1, 0, 0, 1] and t["m_tot"].tolist() == [0, 1, 2, 1]
+    assert t["m_syms"].tolist() == [0, 1, 2, 1]
     lam = np.array([0.0, 0.5, 0.5, 0.75])
     np.testing.assert_allclose(mix_stream(base, t, cfg), (1 - lam) * 0.25 + lam * np.array(want), rtol=1e-14)
+    np.testing.assert_allclose(stream_adapted(ids, base, cfg), (1 - lam) * 0.25 + lam * np.array(want), rtol=1e-14)
+    # online weights (eta) only change a cell's later predictions: t1, t2, t3 each use a different cell here
+    online = stream_adapted(ids, base, SessionConfig(order=2, weights=cfg.weights, eta=0.1))
+    np.testing.assert_allclose(online, (1 - lam) * 0.25 + lam * np.array(want), rtol=1e-14)
+    # "a a a a a": cells repeat (row 1: context (a) with totals 1, 2, 3 -> count columns 0, 1, 1), so the step
+    # lam' = lam + eta * (p_ppm - p_static) / p of one prediction shows in the next one of the same cell
+    aaa = np.array([2, 2, 2, 2, 2])
+    w = ((0.5,) * 10, (0.5,) * 10)
+    t5 = stream_terms(aaa, np.full(5, 0.25), SessionConfig(order=2))
+    got = stream_adapted(aaa, np.full(5, 0.25), SessionConfig(order=2, weights=w, eta=0.1))
+    assert t5["m_len"].tolist() == [-1, 0, 1, 1, 1]
+    cells = [(int(m), 2 * int(np.searchsorted((1, 2, 4, 8, 16), tt, side="right") - 1) + int(k == 1))
+             for m, tt, k in zip(t5["m_len"], t5["m_tot"], t5["m_syms"])]
+    lamd = {}
+    for i in range(5):
+        if cells[i][0] < 0:
+            assert got[i] == 0.25
+            continue
+        lv = lamd.get(cells[i], 0.5)
+        p = (1 - lv) * 0.25 + lv * t5["p_ppm"][i]
+        assert got[i] == pytest.approx(p, rel=1e-14)
+        lamd[cells[i]] = min(0.98, max(0.0, lv + 0.1 * (t5["p_ppm"][i] - 0.25) / p))
 
 
 def test_stream_counts_on_tiny_corpus(fits, tiny_data_dir) -> None:
@@ -317,7 +340,7 @@ def test_stream_counts_on_tiny_corpus(fits, tiny_data_dir) -> None:
         want.append(math.log(ppm.prob(x, math.exp(lp_static[t])) if t else math.exp(lp_static[t])))
         ppm.learn(x)
     np.testing.assert_allclose(s.adapting, want, atol=1e-12)
-    off = stream_counts(m, ids, SessionConfig(order=3, weights=((0.0,) * 5,) * 3))  # lam = 0: the static model
+    off = stream_counts(m, ids, SessionConfig(order=3, weights=((0.0,) * 10,) * 3))  # lam = 0: the static model
     np.testing.assert_array_equal(off.adapting, off.static)
     assert CountStream.bpc(s.static) == pytest.approx(-lp_static.mean() / math.log(2))
     assert s.oracle_static is not None and s.oracle_static.shape == ids.shape
@@ -331,3 +354,34 @@ def test_ppmd_bits_exclude_priming() -> None:
     primed = ppmd_bits(text, text)  # having read the same text once, PPMd spends far fewer bits on it
     assert 0 < primed < alone / 4
     assert primed == 8 * (ppmd_size(text + text) - ppmd_size(text))
+
+
+def test_typing_session_adapts_as_the_stream_does(fits, tiny_data_dir) -> None:
+    # key by key, the adapted distribution's probability of the next id is what the streaming evaluation scores,
+    # and a session that was edited (truncate, retype) equals one that typed the text directly
+    ds = open_data(tiny_data_dir)
+    m = _model(fits)
+    ids = _text(ds, "ar")[:80]
+    w = tuple(tuple(0.1 * ((r + c) % 7) for c in range(10)) for r in range(4))
+    cfg = SessionConfig(order=4, weights=w, eta=0.05)
+    s = stream_counts(m, ids, cfg)
+    sess = AdaptiveSession(cfg)
+    st, lp = m.feed(m.start(), np.array([1]))
+    for t, x in enumerate(ids.tolist()):
+        p = sess.dist(np.exp(lp))
+        assert abs(p.sum() - 1) < 1e-12
+        assert math.log(p[x]) == pytest.approx(s.adapting[t], abs=1e-12)
+        sess.learn(x, math.exp(lp[x]))
+        st, lp = m.feed(st, np.array([x]))
+    edited = AdaptiveSession(cfg)
+    st, lp = m.feed(m.start(), np.array([1]))
+    lps = [lp]
+    for x in ids[:60].tolist():
+        edited.learn(x, math.exp(lps[-1][x]))
+        st, lp = m.feed(st, np.array([x]))
+        lps.append(lp)
+    edited.truncate(30)
+    for t in range(30, 80):
+        edited.learn(int(ids[t]), math.exp(m.logprobs([np.concatenate(([1], ids[:t]))[-m.context:]])[0][ids[t]]))
+    assert edited.ppm.counts == sess.ppm.counts
+    np.testing.assert_array_equal(edited.w, sess.w)

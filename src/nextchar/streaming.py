@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nextchar.ppm import SessionConfig, mix_stream, stream_terms
+from nextchar.ppm import SessionConfig, stream_adapted
 
 LN2 = math.log(2)
 PPMD_ORDER = 12
@@ -42,12 +42,11 @@ def stream_counts(model, ids: np.ndarray, session: SessionConfig, lang: int | No
     """Stream a text through a CountModel: static and adapting log p per position (and the oracle's when the
     language index `lang` is given)."""
     lp, _, full = model.stream_logprobs(ids)
-    ad = np.log(mix_stream(np.exp(lp), stream_terms(ids, np.exp(lp), session), session))
-    out = CountStream(lp, ad)
+    out = CountStream(lp, np.log(stream_adapted(ids, np.exp(lp), session)))
     if lang is not None:
         o = full[:, lang]
         out.oracle_static = o
-        out.oracle_adapting = np.log(mix_stream(np.exp(o), stream_terms(ids, np.exp(o), session), session))
+        out.oracle_adapting = np.log(stream_adapted(ids, np.exp(o), session))
     return out
 
 
