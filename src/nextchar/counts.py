@@ -32,6 +32,7 @@ KINDS = ("kn", "ppm")
 # of the mass left, the rest escapes to the next shorter context.
 DASHER_ALPHA = 0.49
 DASHER_BETA = 0.77
+_FEW = 4  # up to this many (context, language) rows, distributions are computed with scalar lookups
 _CHUNK = 128  # contexts per block in logprobs: bounds the (rows * L, V) per-language distributions held at once
 
 FloatArray = npt.NDArray[np.float64]
@@ -411,6 +412,38 @@ class CountTables:
             out[np.repeat(rows, span), nxt] += self.terms(m, idx)
         return out
 
+    def dists_few(self, hist: IntArray, lens: IntArray, langs: IntArray, depth: int
+                  ) -> tuple[FloatArray, IntArray]:
+        """walk + dists + deepest for a few rows, with scalar lookups (a keystroke needs one or two languages).
+
+        The same floating-point operations as the vectorized path (scale by gamma, then add the terms), so the
+        same bits; (R, V) distributions and (R,) longest matched orders.
+        """
+        v = self.vocab_size
+        out = np.full((langs.size, v), 1.0 / v)  # (R, V)
+        deep = np.ones(langs.size, dtype=np.int64)
+        for r in range(langs.size):
+            c = int(langs[r])
+            row = out[r]
+            for m in range(min(depth, self.order)):
+                if m:
+                    if m > lens[r]:
+                        break
+                    keys = self.ctx_keys[m]
+                    key = c * v + int(hist[r, m - 1])
+                    i = int(keys.searchsorted(keys.dtype.type(key)))
+                    if i == keys.size or int(keys[i]) != key:
+                        break
+                    c = i
+                    deep[r] = m + 1
+                pk = self.pair_keys[m]
+                row *= self.gamma[m][c]
+                a = int(pk.searchsorted(pk.dtype.type(c * v)))
+                b = int(pk.searchsorted(pk.dtype.type(c * v + v)))
+                if b > a:
+                    row[(pk[a:b] % v).astype(np.int64)] += self.terms(m, slice(a, b))
+        return out, deep
+
     def deepest(self, walk: list[tuple[npt.NDArray[np.bool_], IntArray]]) -> IntArray:
         """(R,) the longest matched order (1 = unigram only) of each walked row."""
         d = np.ones(walk[0][0].size, dtype=np.int64)
@@ -551,8 +584,12 @@ class CountModel:
             lens[i] = t
         mw = self.mixture_weights(w)  # (N, L)
         ctx_i, lang = np.nonzero(mw)  # (R,) each row a (context, language) with weight, language-ascending
-        walk = self.tables.walk(hist[ctx_i], lens[ctx_i], lang, self.order)
-        d = self.tables.dists(walk, ctx_i.size)  # (R, V)
+        if ctx_i.size <= _FEW:
+            d, deep_rows = self.tables.dists_few(hist[ctx_i], lens[ctx_i], lang, self.order)
+        else:
+            walk = self.tables.walk(hist[ctx_i], lens[ctx_i], lang, self.order)
+            d = self.tables.dists(walk, ctx_i.size)  # (R, V)
+            deep_rows = self.tables.deepest(walk)  # (R,)
         d *= mw[ctx_i, lang][:, None]
         # add each context's languages in ascending order: rank r = the r-th language of its context
         first = np.searchsorted(ctx_i, np.arange(n))  # (N,) first row of each context
@@ -561,7 +598,6 @@ class CountModel:
         for r in range(int(rank.max()) + 1 if rank.size else 0):
             sel = rank == r
             out[ctx_i[sel]] += d[sel]
-        deep_rows = self.tables.deepest(walk)  # (R,)
         top = w.argmax(axis=1)  # (N,)
         is_top = lang == top[ctx_i]
         deep = np.ones(n, dtype=np.int64)
@@ -893,6 +929,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--floor", type=float, default=p.floor)
     ap.add_argument("--prior", choices=("uniform", "size"), default=p.prior)
     ap.add_argument("--id-order", type=int, default=p.id_order)
+    ap.add_argument("--min-weight", type=float, default=p.min_weight)
     a = ap.parse_args(argv)
     try:
         cut = tuple(int(x) for x in a.cutoffs.split(",") if x.strip())
@@ -900,7 +937,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --cutoffs {a.cutoffs!r}: comma-separated integers", file=sys.stderr)
         return 2
     try:
-        post = PosteriorConfig(a.window, a.decay, a.temperature, a.floor, a.prior, a.id_order)
+        post = PosteriorConfig(a.window, a.decay, a.temperature, a.floor, a.prior, a.id_order, a.min_weight)
         cfg = CountsConfig(order=a.order, kind=a.kind, cutoffs=cut, prune=a.prune, bits=a.bits, posterior=post)
         train_counts(a.data, a.out, cfg)
     except UserError as e:
