@@ -33,6 +33,7 @@ from nextchar.counts import (
     load_model,
 )
 from nextchar.data import eval_positions, open_data
+from nextchar.streaming import CountStream, ppmd_bits, ppmd_size, stream_ids
 
 LN2 = math.log(2)
 
@@ -235,12 +236,33 @@ def cmd_static(args) -> dict:
     return out
 
 
+def cmd_switch(args) -> dict:
+    """Language switches: 300 test characters of A, then B's test text; characters of B until the posterior's
+    most probable language is B (and stays B for the rest of the measured 120 characters), every ordered pair."""
+    ds = open_data(args.data)
+    m = load_model(args.model)
+    start_b, horizon = 300, 120
+    res = {}
+    for a in m.languages:
+        for b in m.languages:
+            if a == b:
+                continue
+            sa, sb = ds.split(a, "test")[:start_b], ds.split(b, "test")[:horizon]
+            seq = np.concatenate([sa, sb]).astype(np.int64)
+            pos = np.arange(sa.size, seq.size + 1)  # after 0, 1, ... characters of B (position p predicts seq[p])
+            _, f = m.logprobs_at(np.concatenate([seq, [0]]), pos, with_features=True)
+            top = f["posterior"].argmax(axis=1) == m.languages.index(b)
+            wrong = np.flatnonzero(~top)
+            res[f"{a}>{b}"] = int(wrong[-1] + 1) if wrong.size else 0  # characters of B after which it is on top
+    v = np.array(list(res.values()))
+    worst = sorted(res.items(), key=lambda kv: -kv[1])[:8]
+    print(f"{len(v)} switches: characters of the new language until it leads the posterior for good: median "
+          f"{np.median(v):.0f}, 90th percentile {np.percentile(v, 90):.0f}, max {v.max()} (never within {horizon}: "
+          f"{int((v > horizon).sum())}); worst: {worst}")
+    return {"pairs": res, "median": float(np.median(v)), "p90": float(np.percentile(v, 90)), "max": int(v.max())}
+
+
 # ------------------------------------------------------------------------------------------ streaming
-
-
-def stream_text(ds, lang: str, split: str, chars: int) -> np.ndarray:
-    """The first `chars` ids of a language's split (all of it when shorter): the same for every system."""
-    return ds.split(lang, split)[:chars].astype(np.int64)
 
 
 def static_streams(model: CountModel, ds, split: str, chars: int, cache: Path | None = None) -> dict:
@@ -251,7 +273,7 @@ def static_streams(model: CountModel, ds, split: str, chars: int, cache: Path | 
     out = {}
     for li, lang in enumerate(model.languages):
         t0 = time.time()
-        lp, _, full = model.stream_logprobs(stream_text(ds, lang, split, chars))
+        lp, _, full = model.stream_logprobs(stream_ids(ds.split(lang, split), chars))
         out[lang] = {"lp": lp, "oracle": full[:, li]}
         print(f"  {lang}: static stream {lp.size} chars {-lp.mean() / LN2:.3f} bpc ({time.time() - t0:.1f}s)",
               flush=True)
@@ -260,41 +282,31 @@ def static_streams(model: CountModel, ds, split: str, chars: int, cache: Path | 
     return out
 
 
-def ppmd_bits(prime: bytes, text: bytes, order: int = 12, mem: int = 1 << 30, prime_bytes_only: int | None = None
-              ) -> float:
-    """Bits PPMd var. H (pyppmd.Ppmd7Encoder) spends on `text` after reading `prime`.
-
-    pyppmd exposes no per-symbol probabilities, so this is the size of the whole compressed stream (prime + text,
-    flushed) minus that of the prime alone, in bits; the range coder's few bytes in flight make it exact to about
-    +-32 bits (0.002 bpc on 20,000 characters). The model is never restarted (1 GiB; 256 MiB gives the same bits).
-    """
-    import pyppmd
-
-    if prime_bytes_only is None:
-        e = pyppmd.Ppmd7Encoder(order, mem)
-        prime_bytes_only = len(e.encode(prime)) + len(e.flush()) if prime else 0
-    e = pyppmd.Ppmd7Encoder(order, mem)
-    n = len(e.encode(prime)) if prime else 0
-    n += len(e.encode(text))
-    n += len(e.flush())
-    return 8.0 * (n - prime_bytes_only)
-
-
-def session_streams(static: dict, ds, split: str, chars: int, cfg) -> dict:
-    from nextchar.ppm import stream_terms
-
+def ppmd_rows(ds, split: str, chars: int, cache: Path) -> dict:
+    """PPMd var. H order 12 bits per character per language: primed on its own training text, on all languages'
+    (concatenated in language order, one newline between), and not primed; cached (it takes minutes)."""
+    if cache.exists():
+        return json.loads(cache.read_text())
+    all_prime = "\n".join(ds.text(lang, "train") for lang in ds.languages).encode("utf-8")
+    all_size = ppmd_size(all_prime)
     out = {}
-    for lang, d in static.items():
-        ids = stream_text(ds, lang, split, chars)
-        out[lang] = {"all": stream_terms(ids, np.exp(d["lp"]), cfg), "oracle": stream_terms(ids, np.exp(d["oracle"]), cfg)}
+    for lang in ds.languages:
+        ids = stream_ids(ds.split(lang, split), chars)
+        text = ds.vocab.decode(ids).encode("utf-8")
+        n = ids.size
+        out[lang] = {"ppmd own": ppmd_bits(ds.text(lang, "train").encode("utf-8"), text) / n,
+                     "ppmd all": ppmd_bits(all_prime, text, prime_size=all_size) / n,
+                     "ppmd none": ppmd_bits(b"", text) / n}
+        print(f"  {lang}: " + " ".join(f"{k} {v:.3f}" for k, v in out[lang].items()), flush=True)
+    cache.write_text(json.dumps(out))
     return out
 
 
 def cmd_stream(args) -> dict:
-    """Streaming bpc per language: count model static and adapting (with and without the language), PPMd."""
-    from dataclasses import replace as dc_replace
+    """Streaming bpc per language: count model static and adapting (with and without the language), PPMd.
 
-    from nextchar.ppm import SessionConfig, mix_stream, tune_weights
+    The session (its weight table, then the online step size) is tuned on dev streams; test is read once."""
+    from nextchar.ppm import SessionConfig, mix_stream, stream_adapted, stream_terms, tune_weights
 
     ds = open_data(args.data)
     model = load_model(args.model)
@@ -303,52 +315,49 @@ def cmd_stream(args) -> dict:
     cache_dir.mkdir(parents=True, exist_ok=True)
     print(f"static streams (dev, for tuning the session) of {args.model}", flush=True)
     dev = static_streams(model, ds, "dev", args.chars, cache_dir / f"{tag}_dev_{args.chars}.npz")
+    dev_ids = {lang: stream_ids(ds.split(lang, "dev"), args.chars) for lang in dev}
     best = None
     for order in [int(o) for o in args.session_orders.split(",")]:
-        for ab in args.session_ab.split(";"):
-            a, b = (float(x) for x in ab.split(","))
-            cfg = SessionConfig(order=order, alpha=a, beta=b)
-            terms = session_streams(dev, ds, "dev", args.chars, cfg)
-            w = tune_weights([(np.exp(dev[lang]["lp"]), terms[lang]["all"]) for lang in dev], order)
-            cfg = dc_replace(cfg, weights=w)
-            bpc = np.mean([-np.log(mix_stream(np.exp(dev[lang]["lp"]), terms[lang]["all"], cfg)).mean() / LN2
-                           for lang in dev])
-            print(f"  session order {order} alpha {a} beta {b}: dev stream {bpc:.4f} bpc (macro)", flush=True)
-            if best is None or bpc < best[0]:
-                best = (bpc, cfg)
+        cfg = SessionConfig(order=order)
+        terms = {lang: stream_terms(dev_ids[lang], np.exp(dev[lang]["lp"]), cfg) for lang in dev}
+        w = tune_weights([(np.exp(dev[lang]["lp"]), terms[lang]) for lang in dev], order)
+        cfg = SessionConfig(order=order, weights=w)
+        bpc = np.mean([-np.log(mix_stream(np.exp(dev[lang]["lp"]), terms[lang], cfg)).mean() / LN2 for lang in dev])
+        print(f"  session order {order}, table tuned on dev: dev stream {bpc:.4f} bpc (macro)", flush=True)
+        if best is None or bpc < best[0]:
+            best = (bpc, cfg)
+    cfg = best[1]
+    for eta in [float(e) for e in args.etas.split(",")]:
+        c = SessionConfig(cfg.order, cfg.alpha, cfg.beta, cfg.weights, eta)
+        bpc = np.mean([-np.log(stream_adapted(dev_ids[lang], np.exp(dev[lang]["lp"]), c)).mean() / LN2
+                       for lang in dev])
+        print(f"  online step {eta}: dev stream {bpc:.4f} bpc (macro)", flush=True)
+        if bpc < best[0]:
+            best = (bpc, c)
     cfg = best[1]
     print(f"chosen on dev: {cfg}", flush=True)
     print(f"static streams ({args.split}) of {args.model}", flush=True)
     test = static_streams(model, ds, args.split, args.chars, cache_dir / f"{tag}_{args.split}_{args.chars}.npz")
-    terms = session_streams(test, ds, args.split, args.chars, cfg)
+    ppmd = ppmd_rows(ds, args.split, args.chars, cache_dir / f"ppmd_{args.split}_{args.chars}.json") \
+        if args.ppmd else {}
     rows = {}
-    all_prime = None
-    if args.ppmd:
-        all_prime = "\n".join(ds.text(lang, "train") for lang in ds.languages).encode("utf-8")
-        import pyppmd
-
-        e = pyppmd.Ppmd7Encoder(12, 1 << 30)
-        all_only = len(e.encode(all_prime)) + len(e.flush())
     for lang in model.languages:
-        ids = stream_text(ds, lang, args.split, args.chars)
-        n = ids.size
-        r = {"chars": int(n)}
-        d, t = test[lang], terms[lang]
-        r["counts static"] = float(-d["lp"].mean() / LN2)
-        r["counts adapting"] = float(-np.log(mix_stream(np.exp(d["lp"]), t["all"], cfg)).mean() / LN2)
-        r["counts oracle static"] = float(-d["oracle"].mean() / LN2)
-        r["counts oracle adapting"] = float(-np.log(mix_stream(np.exp(d["oracle"]), t["oracle"], cfg)).mean() / LN2)
-        if args.ppmd:
-            text = ds.vocab.decode(ids).encode("utf-8")
-            r["ppmd own"] = ppmd_bits(ds.text(lang, "train").encode("utf-8"), text) / n
-            r["ppmd all"] = ppmd_bits(all_prime, text, prime_bytes_only=all_only) / n
-            r["ppmd none"] = ppmd_bits(b"", text) / n
+        ids = stream_ids(ds.split(lang, args.split), args.chars)
+        d = test[lang]
+        r = {"chars": int(ids.size),
+             "counts static": CountStream.bpc(d["lp"]),
+             "counts adapting": CountStream.bpc(np.log(stream_adapted(ids, np.exp(d["lp"]), cfg))),
+             "counts oracle static": CountStream.bpc(d["oracle"]),
+             "counts oracle adapting": CountStream.bpc(np.log(stream_adapted(ids, np.exp(d["oracle"]), cfg))),
+             **ppmd.get(lang, {})}
         rows[lang] = r
-        print(f"{lang:<5} {n:>6} " + " ".join(f"{k} {v:.3f}" for k, v in r.items() if k != "chars"), flush=True)
     systems = [k for k in next(iter(rows.values())) if k != "chars"]
     mac = {k: float(np.mean([r[k] for r in rows.values()])) for k in systems}
-    print("macro " + " ".join(f"{k} {v:.3f}" for k, v in mac.items()))
-    return {"model": args.model, "split": args.split, "chars": args.chars, "session": str(cfg), "languages": rows,
+    print(f"## streaming bpc, {args.split}: the first {args.chars} characters of each language (all when shorter)")
+    print(f"{'lang':<6}{'chars':>7}" + "".join(f"{k:>24}" for k in systems))
+    for lang, r in list(rows.items()) + [("macro", {"chars": "", **mac})]:
+        print(f"{lang:<6}{r['chars']:>7}" + "".join(f"{r[k]:>24.3f}" for k in systems))
+    return {"model": args.model, "split": args.split, "chars": args.chars, "session": repr(cfg), "languages": rows,
             "macro": mac}
 
 
@@ -407,7 +416,7 @@ def cmd_cost(args) -> dict:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("cmd", choices=["oracle", "tune", "size", "static", "stream", "cost"])
+    ap.add_argument("cmd", choices=["oracle", "tune", "size", "static", "stream", "cost", "switch"])
     ap.add_argument("--data", default="/work/main/data/dasher")
     ap.add_argument("--split", default="dev")
     ap.add_argument("--positions", type=int, default=2000)
@@ -419,8 +428,8 @@ def main(argv=None) -> None:
     ap.add_argument("--model", default="/work/runs/counts/kn8_p045")
     ap.add_argument("--chars", type=int, default=20000)
     ap.add_argument("--cache", default="/work/runs/counts/cache")
-    ap.add_argument("--session-orders", default="5,7")
-    ap.add_argument("--session-ab", default="0.49,0.77")
+    ap.add_argument("--session-orders", default="8,12")
+    ap.add_argument("--etas", default="0.002,0.005,0.01")
     ap.add_argument("--ppmd", action="store_true")
     ap.add_argument("--splits", default="dev,test", help="static: the splits to report")
     ap.add_argument("--grid", default="window=128;window=64;window=32;window=64,id_order=4;window=64,id_order=3;"
@@ -430,7 +439,7 @@ def main(argv=None) -> None:
     ap.add_argument("--batch", type=int, default=2400, help="cost: prefixes in the batch measurements")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    res = {"oracle": cmd_oracle, "size": cmd_size, "tune": cmd_tune, "static": cmd_static, "stream": cmd_stream, "cost": cmd_cost}[args.cmd](args)
+    res = {"oracle": cmd_oracle, "size": cmd_size, "tune": cmd_tune, "static": cmd_static, "switch": cmd_switch, "stream": cmd_stream, "cost": cmd_cost}[args.cmd](args)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(res, indent=1))

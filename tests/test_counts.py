@@ -118,8 +118,10 @@ def fits(tiny_data_dir):
 
 
 def _model(fits, **kw) -> CountModel:
-    post = kw.pop("posterior", PosteriorConfig(window=48, decay=0.95))
+    post = kw.pop("posterior", PosteriorConfig(window=48, decay=0.95, id_order=0, min_weight=0.0))
     models, langs, vocab, sizes = fits
+    kw.setdefault("prune", 0.0)
+    kw.setdefault("bits", 32)
     return build_model(models, vocab, langs, CountsConfig(order=kw.pop("order", 5), posterior=post, **kw), sizes)
 
 
@@ -146,6 +148,7 @@ def test_posterior_finds_each_language_and_follows_a_switch(fits, tiny_data_dir)
 
 
 @pytest.mark.parametrize("kw", [{}, {"prune": 0.5, "bits": 8}, {"cutoffs": (1, 1, 2), "bits": 16, "kind": "ppm"},
+                                {"posterior": PosteriorConfig()}, {"order": 3, "posterior": PosteriorConfig()},
                                 {"posterior": PosteriorConfig(window=8, id_order=3, prior="size", floor=0.1)},
                                 {"posterior": PosteriorConfig(window=20, floor=0.01, min_weight=0.05)}])
 def test_distributions_sum_to_one_and_paths_agree(fits, tiny_data_dir, kw) -> None:
@@ -168,7 +171,7 @@ def test_distributions_sum_to_one_and_paths_agree(fits, tiny_data_dir, kw) -> No
 
 
 def test_typing_with_edits_equals_whole_prefix(fits) -> None:
-    m = _model(fits, posterior=PosteriorConfig(window=12, decay=0.9))  # context 16: the window slides
+    m = _model(fits, posterior=PosteriorConfig(window=12, decay=0.9, id_order=0))  # context 16: the window slides
     vocab = m.vocab
     trace = []
     text = ""
@@ -215,7 +218,7 @@ def test_bad_inputs(fits) -> None:
 def test_pruned_quantized_model_saves_and_loads_bit_identically(fits, tiny_data_dir, tmp_path) -> None:
     ds = open_data(tiny_data_dir)
     full = _model(fits, bits=32)
-    small = _model(fits, prune=0.5, bits=8)
+    small = _model(fits, prune=0.5, bits=8, posterior=PosteriorConfig())
     assert small.tables.n_entries < full.tables.n_entries
     save_model(full, tmp_path / "full")
     save_model(small, tmp_path / "small")
