@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -403,11 +404,18 @@ def cmd_cost(args) -> dict:
     seq = ds.split("en", "test")[:args.batch].astype(np.int64)
     t = time.perf_counter()
     model.logprobs_at(seq, np.arange(seq.size))
+    long_ps = seq.size / (time.perf_counter() - t)
+    from nextchar.predict import split_context
+
+    trace = [split_context(seq, p, model.context, model.vocab.stoi["\n"]) for p in range(seq.size)]
+    t = time.perf_counter()
+    model.logprobs(trace)
     trace_ps = seq.size / (time.perf_counter() - t)
     res = {"model": args.model, "load_s": load_s, "disk_mb": folder_bytes(args.model) / 1e6,
            "rss_mb_after_load": rss0 and rss_mb(), "rss_mb_growth": rss_mb() - rss0,
            "key_ms_p50": float(np.percentile(per_key, 50)), "key_ms_p99": float(np.percentile(per_key, 99)),
-           "keys": int(per_key.size), "batch_random_prefixes_per_s": rand_ps, "long_text_positions_per_s": trace_ps,
+           "keys": int(per_key.size), "batch_random_prefixes_per_s": rand_ps, "batch_trace_prefixes_per_s": trace_ps,
+           "long_text_positions_per_s": long_ps, "load_avg_1min": os.getloadavg()[0],
            "context": model.context}
     for k, v in res.items():
         print(f"{k:>30}: {v:.3f}" if isinstance(v, float) else f"{k:>30}: {v}")

@@ -537,16 +537,7 @@ class CountModel:
 
     def ell_at(self, ids: IntArray, pos: IntArray) -> FloatArray:
         """(N, L) log p_l(ids[p] | ids[:p]) for positions pos, each with the last id_order-1 ids before it."""
-        L = self.n_lang
-        if pos.size == 0:
-            return np.zeros((0, L))
-        hist, lens = _hist(ids, pos, self.id_order - 1)  # (N, k), (N,)
-        hist = np.repeat(hist, L, axis=0)  # (N*L, k) row = position-major, language-minor
-        lens = np.repeat(lens, L)
-        langs = np.tile(np.arange(L), pos.size)
-        walk = self.tables.walk(hist, lens, langs, self.id_order)
-        p = self.tables.symbol_probs(walk, np.repeat(ids[pos], L))
-        return np.log(p).reshape(pos.size, L)
+        return self._ell_clipped(ids, pos, pos)
 
     def posterior(self, ell: FloatArray) -> FloatArray:
         """(L,) p(l | h) from the log-likelihood rows (n, L) of the last n <= window positions, oldest first."""
@@ -734,13 +725,32 @@ class CountModel:
         return out, posts, full
 
     def _ell_clipped_order(self, ids: IntArray, pos: IntArray, avail: IntArray, order: int) -> FloatArray:
-        """(N, L) log p_l(ids[p] | the order-1 ids before p, at most avail[p] of them)."""
+        """(N, L) log p_l(ids[p] | the order-1 ids before p, at most avail[p] of them).
+
+        Rows that ask the same thing (same usable history, same next id) are computed once: the windows of a
+        typing trace share nearly all of them, unrelated prefixes the frequent n-grams.
+        """
         L = self.n_lang
-        hist, lens = _hist(ids, pos, order - 1)
+        hist, lens = _hist(ids, pos, order - 1)  # (N, k), (N,)
         lens = np.minimum(lens, avail)
-        walk = self.tables.walk(np.repeat(hist, L, axis=0), np.repeat(lens, L), np.tile(np.arange(L), pos.size),
-                                order)
-        return np.log(self.tables.symbol_probs(walk, np.repeat(ids[pos], L))).reshape(pos.size, L)
+        tgt = ids[pos]
+        k = hist.shape[1]
+        bits = max(int(self.vocab.size - 1).bit_length(), 1)
+        inv = None
+        if pos.size > 1 and (k + 1) * bits + 5 <= 63:
+            cols = np.arange(k)
+            h = np.where(cols[None, :] < lens[:, None], hist, 0)  # ids beyond the usable history do not matter
+            key = lens.astype(np.int64)
+            for j in range(k):
+                key = (key << bits) | h[:, j]
+            key = (key << bits) | tgt
+            _, first, inv = np.unique(key, return_index=True, return_inverse=True)
+            hist, lens, tgt = hist[first], lens[first], tgt[first]
+        n = tgt.size
+        # rows language-major: each language's searches stay within its own block of the tables
+        walk = self.tables.walk(np.tile(hist, (L, 1)), np.tile(lens, L), np.repeat(np.arange(L), n), order)
+        out = np.log(self.tables.symbol_probs(walk, np.tile(tgt, L))).reshape(L, n).T  # (n, L)
+        return out if inv is None else out[inv.ravel()]
 
     # ---------------------------------------------------------------- incremental
 
