@@ -124,7 +124,7 @@ def cmd_oracle(args) -> dict:
     res = {}
     for kind in args.kinds.split(","):
         for n in orders:
-            cm = build_model(models, vocab, langs, CountsConfig(order=n, kind=kind, bits=32), sizes)
+            cm = build_model(models, vocab, langs, CountsConfig(order=n, kind=kind, bits=32, prune=0.0), sizes)
             r = oracle_eval(cm, ds, args.split, args.positions)
             res[f"{kind}{n}"] = r
             m = r["macro"]
@@ -219,15 +219,15 @@ def cmd_static(args) -> dict:
     """Per-language and macro top-1/top-3/bpc on each of --splits for every system, one table per split."""
     ds = open_data(args.data)
     models, langs, vocab, sizes = fit_languages(args.data, 8)
-    oracles = {"KN8 told the language": CountsConfig(order=8, kind="kn", bits=32),
-               "PPM6 (Dasher) told": CountsConfig(order=6, kind="ppm", bits=32),
-               "PPM8 (Dasher rules) told": CountsConfig(order=8, kind="ppm", bits=32)}
+    oracles = {"KN8 told the language": CountsConfig(order=8, kind="kn", bits=32, prune=0.0),
+               "PPM6 (Dasher) told": CountsConfig(order=6, kind="ppm", bits=32, prune=0.0),
+               "PPM8 (Dasher rules) told": CountsConfig(order=8, kind="ppm", bits=32, prune=0.0)}
     out = {}
     for split in args.splits.split(","):
         res = {"multilingual KN8": multilingual_kn(ds, split, args.positions)}
         for name, cfg in oracles.items():
             res[name] = oracle_eval(build_model(models, vocab, langs, cfg, sizes), ds, split, args.positions)
-        full = build_model(models, vocab, langs, CountsConfig(order=8, kind="kn", bits=32), sizes)
+        full = build_model(models, vocab, langs, CountsConfig(order=8, kind="kn", bits=32, prune=0.0), sizes)
         shipped = load_model(args.model)
         res["aware KN8 full, no language"] = aware_eval(full.with_posterior(shipped.config.posterior), ds, split,
                                                         args.positions)

@@ -26,7 +26,15 @@ from nextchar.errors import UserError
 from nextchar.ngram import NGramModel
 from nextchar.ppm import DASHER_ALPHA as A
 from nextchar.ppm import DASHER_BETA as B
-from nextchar.ppm import AdaptiveSession, SessionConfig, SessionPPM, mix_stream, stream_adapted, stream_terms
+from nextchar.ppm import (
+    AdaptiveSession,
+    SessionConfig,
+    SessionPPM,
+    mix_stream,
+    stream_adapted,
+    stream_terms,
+    tune_weights,
+)
 from nextchar.predict import split_context
 from nextchar.streaming import CountStream, ppmd_bits, ppmd_size, stream_counts
 from nextchar.vocab import Vocab
@@ -388,3 +396,14 @@ def test_typing_session_adapts_as_the_stream_does(fits, tiny_data_dir) -> None:
         edited.learn(int(ids[t]), math.exp(m.logprobs([np.concatenate(([1], ids[:t]))[-m.context:]])[0][ids[t]]))
     assert edited.ppm.counts == sess.ppm.counts
     np.testing.assert_array_equal(edited.w, sess.w)
+
+
+def test_tune_weights_per_cell_and_sparse_cells() -> None:
+    # column 1 = contexts seen once (always deterministic); the session is right in row 0, wrong in row 1, and
+    # row 2 has too few positions to be tuned on its own: it takes row 1's weight
+    m_len = np.array([0] * 60 + [1] * 60 + [2] * 5)
+    terms = {"p_ppm": np.where(m_len == 0, 0.9, 0.01), "m_len": m_len, "m_tot": np.ones_like(m_len),
+             "m_syms": np.ones_like(m_len)}
+    w = tune_weights([(np.full(m_len.size, 0.1), terms)], order=3)
+    assert w[0][1] == 1.0 and w[1][1] == 0.0 and w[2][1] == w[1][1]
+    assert w[0][0] == 0.0  # never seen: nothing to learn

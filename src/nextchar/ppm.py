@@ -251,12 +251,16 @@ def mix_stream(p_static: np.ndarray, terms: dict[str, np.ndarray], cfg: SessionC
     return (1.0 - w) * p_static + w * terms["p_ppm"]
 
 
+MIN_CELL = 50  # dev positions a weight cell needs to be tuned on its own
+
+
 def tune_weights(streams: list[tuple[np.ndarray, dict[str, np.ndarray]]], order: int,
-                 grid: np.ndarray | None = None) -> tuple[tuple[float, ...], ...]:
+                 grid: np.ndarray | None = None, min_cell: int = MIN_CELL) -> tuple[tuple[float, ...], ...]:
     """lam per (longest context length, column) that minimizes the total log-loss of dev streams.
 
     Each cell's positions are disjoint, so the cells are tuned independently by an exact grid search
-    (streams: (p_static (T,), stream_terms output) pairs read with the same order).
+    (streams: (p_static (T,), stream_terms output) pairs read with the same order). A cell seen fewer than
+    min_cell times takes the value of the same column one context shorter (0 in the first row).
     """
     grid = np.linspace(0.0, 1.0, 41) if grid is None else grid
     ps = np.concatenate([s[0] for s in streams])
@@ -269,8 +273,8 @@ def tune_weights(streams: list[tuple[np.ndarray, dict[str, np.ndarray]]], order:
         row = []
         for c in range(N_COLUMNS):
             sel = (ml == m) & (cols == c)
-            if not sel.any():
-                row.append(0.0)
+            if sel.sum() < min_cell:
+                row.append(out[m - 1][c] if m else 0.0)
                 continue
             loss = [-np.log((1 - g) * ps[sel] + g * pp[sel]).sum() for g in grid]
             row.append(float(grid[int(np.argmin(loss))]))
