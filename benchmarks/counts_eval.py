@@ -32,6 +32,7 @@ from nextchar.counts import (
     fit_languages,
     folder_bytes,
     load_model,
+    tail,
 )
 from nextchar.data import eval_positions, open_data
 from nextchar.streaming import CountStream, ppmd_bits, ppmd_size, stream_ids
@@ -100,8 +101,7 @@ def oracle_eval(model: CountModel, ds, split: str, positions: int) -> dict:
 def multilingual_kn(ds, split: str, positions: int, order: int = 8) -> dict:
     """Today's baseline: one KN model of all languages (NGramModel, as `nextchar train --model ngram`)."""
     from nextchar.ngram import NGramModel
-    from nextchar.predict import split_context
-
+    
     start = ds.vocab.stoi["\n"]
     seqs = [np.concatenate(([start], ds.split(lang, "train"))).astype(np.int64) for lang in ds.languages]
     m = NGramModel.fit(seqs, ds.vocab.size, order)
@@ -110,7 +110,7 @@ def multilingual_kn(ds, split: str, positions: int, order: int = 8) -> dict:
     for lang in ds.languages:
         arr = ds.split(lang, split)
         pos = eval_positions(len(arr), positions)
-        lp = np.log(m.dist_batch([split_context(arr, int(p), order - 1, start) for p in pos]))
+        lp = np.log(m.dist_batch([tail(arr, int(p), order - 1, start) for p in pos]))
         out[lang] = metrics(lp, arr[pos].astype(np.int64), never)
     return {"languages": out, "macro": macro(out)}
 
@@ -405,9 +405,8 @@ def cmd_cost(args) -> dict:
     t = time.perf_counter()
     model.logprobs_at(seq, np.arange(seq.size))
     long_ps = seq.size / (time.perf_counter() - t)
-    from nextchar.predict import split_context
-
-    trace = [split_context(seq, p, model.context, model.vocab.stoi["\n"]) for p in range(seq.size)]
+    
+    trace = [tail(seq, p, model.context, model.vocab.stoi["\n"]) for p in range(seq.size)]
     t = time.perf_counter()
     model.logprobs(trace)
     trace_ps = seq.size / (time.perf_counter() - t)

@@ -20,6 +20,7 @@ from nextchar.counts import (
     load_model,
     main,
     save_model,
+    tail,
 )
 from nextchar.data import open_data
 from nextchar.errors import UserError
@@ -35,7 +36,6 @@ from nextchar.ppm import (
     stream_terms,
     tune_weights,
 )
-from nextchar.predict import split_context
 from nextchar.streaming import CountStream, ppmd_bits, ppmd_size, stream_counts
 from nextchar.vocab import Vocab
 
@@ -165,7 +165,7 @@ def test_distributions_sum_to_one_and_paths_agree(fits, tiny_data_dir, kw) -> No
     seq = _text(ds, "ru")[:90]
     pos = np.arange(seq.size)
     at = m.logprobs_at(seq, pos)  # (T, V)
-    batch = m.logprobs([split_context(seq, int(p), m.context, 1) for p in pos])
+    batch = m.logprobs([tail(seq, int(p), m.context, 1) for p in pos])
     assert np.abs(np.exp(at).sum(axis=1) - 1).max() < 1e-12
     np.testing.assert_array_equal(at, batch)
     st, lp = m.feed(m.start(), np.array([1]))
@@ -236,7 +236,7 @@ def test_pruned_quantized_model_saves_and_loads_bit_identically(fits, tiny_data_
         got = loaded.tables.arrays()[name]
         assert got.dtype == arr.dtype and np.array_equal(got, arr), name
     seq = _text(ds, "el")[:60]
-    ctx = [split_context(seq, p, small.context, 1) for p in range(0, 60, 7)]
+    ctx = [tail(seq, p, small.context, 1) for p in range(0, 60, 7)]
     np.testing.assert_array_equal(loaded.logprobs(ctx), small.logprobs(ctx))
     # memory-mapped tables answer exactly as tables read into memory
     in_mem = load_model(tmp_path / "small", mmap=False)

@@ -24,6 +24,11 @@ from nextchar.errors import UserError
 from nextchar.ngram import NGramModel, estimate_discounts
 from nextchar.vocab import Vocab
 
+try:  # the engine layer's torch-free file helpers (issue 11)
+    from nextchar.files import atomic_write_json, read_json
+except ImportError:  # before it: the same helpers in checkpoint.py
+    from nextchar.checkpoint import atomic_write_json, read_json
+
 FORMAT = "nextchar-counts"
 VERSION = 1
 KINDS = ("kn", "ppm")
@@ -662,7 +667,8 @@ class CountModel:
 
     def logprobs_at(self, seq: np.ndarray, positions: np.ndarray, start_id: int | None = None,
                     with_features: bool = False):
-        """(N, V) log p(seq[p] = . | START + seq[:p]) for each p: what logprobs gives on split_context(seq, p, ...).
+        """(N, V) log p(seq[p] = . | START + seq[:p]) for each p: what logprobs gives on tail(seq, p) (the last
+        `context` ids of START + seq[:p]).
 
         The text is read as START + seq (START = "\\n", as for every prediction); each position sees the same
         last `context` ids logprobs would, and the per-position likelihoods are computed once for the whole text.
@@ -821,8 +827,6 @@ def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
 
 def save_model(model: CountModel, out: str | Path, extra: dict | None = None) -> None:
     """Write a self-describing folder: tables/*.npy (memory-mappable), vocab.json, config.json (written last)."""
-    from nextchar import checkpoint
-
     out = Path(out)
     (out / "tables").mkdir(parents=True, exist_ok=True)
     arrays = model.tables.arrays()
@@ -832,15 +836,13 @@ def save_model(model: CountModel, out: str | Path, extra: dict | None = None) ->
     cfg = {"model_type": "counts", "format": FORMAT, "version": VERSION, "languages": model.languages,
            "lang_chars": model.lang_chars, "vocab_hash": model.vocab.hash, "vocab_size": model.vocab.size,
            "counts": model.config.to_dict(), "arrays": sorted(arrays), **(extra or {})}
-    checkpoint.atomic_write_json(out / "config.json", cfg)
+    atomic_write_json(out / "config.json", cfg)
 
 
 def load_model(path: str | Path, mmap: bool = True) -> CountModel:
     """Open a folder written by save_model (tables memory-mapped unless mmap=False); UserError when damaged."""
-    from nextchar import checkpoint
-
     path = Path(path)
-    cfg = checkpoint.read_json(path / "config.json", "counts model config")
+    cfg = read_json(path / "config.json", "counts model config")
     if not isinstance(cfg, dict) or cfg.get("model_type") != "counts" or cfg.get("format") != FORMAT:
         raise UserError(f"{path / 'config.json'}: not a nextchar count model")
     if cfg.get("version") != VERSION:
@@ -894,6 +896,13 @@ def build_model(models: list[NGramModel], vocab: Vocab, languages: list[str], co
                             config.prune) for m in models]
     tables = CountTables.merge(terms, vocab.size, config.bits)
     return CountModel(tables, vocab, languages, config, lang_chars)
+
+
+def tail(seq: np.ndarray, p: int, n: int, start_id: int) -> IntArray:
+    """The context logprobs takes for predicting seq[p] from seq[:p]: the last n ids of START + seq[:p]."""
+    if p >= n:
+        return np.asarray(seq[p - n:p], dtype=np.int64)
+    return np.concatenate(([start_id], seq[:p])).astype(np.int64)
 
 
 def folder_bytes(path: str | Path) -> int:
