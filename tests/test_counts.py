@@ -8,15 +8,14 @@ import math
 import numpy as np
 import pytest
 
+from nextchar.count_tables import CountTables, language_terms
 from nextchar.counts import (
     CountModel,
     CountsConfig,
-    CountTables,
     PosteriorConfig,
     build_model,
     fit_languages,
     folder_bytes,
-    language_terms,
     load_model,
     main,
     save_model,
@@ -246,6 +245,16 @@ def test_pruned_quantized_model_saves_and_loads_bit_identically(fits, tiny_data_
     st1, a = loaded.feed(loaded.start(), seq[:30])
     st2, b = in_mem.feed(in_mem.start(), seq[:30])
     np.testing.assert_array_equal(a, b)
+
+
+def test_damaged_folder_is_a_user_error(fits, tmp_path) -> None:
+    save_model(_model(fits, prune=0.5, bits=8), tmp_path / "m")
+    (tmp_path / "m" / "tables" / "own_3.npy").write_bytes(b"not numpy")
+    with pytest.raises(UserError, match="not a readable count model"):
+        load_model(tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text('{"model_type": "ngram"}')
+    with pytest.raises(UserError, match="not a nextchar count model"):
+        load_model(tmp_path / "m")
 
 
 def test_quantization_never_rounds_up(fits) -> None:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# Dasher's defaults (settings LMAlpha = 49 and LMBeta = 77 in hundredths; LMMaxOrder = 5 context symbols, i.e.
+# n-gram order 6; LMUpdateExclusion on; LMExclusion off)
 DASHER_ALPHA = 0.49
 DASHER_BETA = 0.77
 
