@@ -25,17 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from nextchar.counts import (
-    CountModel,
-    CountsConfig,
-    build_model,
-    fit_languages,
-    folder_bytes,
-    load_model,
-    tail,
-)
+from nextchar.counts import CountModel, CountsConfig, folder_bytes, load_model, tail
 from nextchar.data import eval_positions, open_data
 from nextchar.streaming import CountStream, ppmd_bits, ppmd_size, stream_ids
+from nextchar.train_counts import build_model, fit_languages
 
 LN2 = math.log(2)
 

@@ -13,11 +13,8 @@ from nextchar.counts import (
     CountModel,
     CountsConfig,
     PosteriorConfig,
-    build_model,
-    fit_languages,
     folder_bytes,
     load_model,
-    main,
     save_model,
     tail,
 )
@@ -36,6 +33,7 @@ from nextchar.ppm import (
     tune_weights,
 )
 from nextchar.streaming import CountStream, ppmd_bits, ppmd_size, stream_counts
+from nextchar.train_counts import build_model, fit_languages, main
 from nextchar.vocab import Vocab
 
 V4 = Vocab(["<unk>", "\n", "a", "b"])  # id 1 = "\n" (START), 2 = a, 3 = b
@@ -416,3 +414,16 @@ def test_tune_weights_per_cell_and_sparse_cells() -> None:
     w = tune_weights([(np.full(m_len.size, 0.1), terms)], order=3)
     assert w[0][1] == 1.0 and w[1][1] == 0.0 and w[2][1] == w[1][1]
     assert w[0][0] == 0.0  # never seen: nothing to learn
+
+
+def test_count_model_predicts_without_torch(tiny_data_dir, tmp_path) -> None:
+    import subprocess
+    import sys
+
+    main(["--data", str(tiny_data_dir), "--out", str(tmp_path / "m"), "--order", "4"])
+    code = ("import sys; from nextchar.engine.counts_backend import CountsPredictor; "
+            f"p = CountsPredictor.from_folder({str(tmp_path / 'm')!r}); s = p.session(); "
+            "a = [c for c, _ in s.topk('Le vieux ch', 3)]; b = [c for c, _ in p.topk('Le vieux ch', 3)]; "
+            "print(a == b and len(a) == 3, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.split() == ["True", "False"], out.stderr

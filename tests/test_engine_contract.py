@@ -16,14 +16,30 @@ from nextchar import engine
 from nextchar.engine.base import NEVER_SUGGESTED, START
 from nextchar.engine.mixture_backend import MixturePredictor
 
-BACKENDS = ["torch", "torch-hashed", "torch-stride", "onnx", "onnx-stride", "ngram", "mixture", "mixture-stride"]
+BACKENDS = ["torch", "torch-hashed", "torch-stride", "onnx", "onnx-stride", "ngram", "mixture", "mixture-stride",
+            "counts"]
 TEXT = ("Le vieux château dominait la vallée. The quick brown fox jumps over the lazy dog; "
         "Москва — столица России. Η Αθήνα είναι η πρωτεύουσα. 北京是中国的首都。") * 2
 
 
+@pytest.fixture(scope="module")
+def tiny_counts(tiny_data_dir, tmp_path_factory):
+    """The language-aware count model of the tiny corpus (order 5, a 24-character posterior window)."""
+    from nextchar.counts import CountsConfig, PosteriorConfig
+    from nextchar.train_counts import train_counts
+
+    out = tmp_path_factory.mktemp("tiny_counts") / "counts"
+    train_counts(tiny_data_dir, out, CountsConfig(order=5, posterior=PosteriorConfig(window=24)))
+    return out
+
+
 @pytest.fixture(scope="module", params=BACKENDS)
-def pred(request, tiny_run, tiny_hash_run, tiny_onnx, tiny_ngram_run):
+def pred(request, tiny_run, tiny_hash_run, tiny_onnx, tiny_ngram_run, tiny_counts):
     name = request.param
+    if name == "counts":
+        from nextchar.engine.counts_backend import CountsPredictor
+
+        return CountsPredictor.from_folder(tiny_counts)
     stride = 7 if name.endswith("-stride") else 1  # a window that jumps: KV caches are reused while typing
     if name.startswith("torch"):
         return engine.load(tiny_hash_run if name == "torch-hashed" else tiny_run, backend="torch", stride=stride)

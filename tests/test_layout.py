@@ -14,7 +14,7 @@ SRC = Path(nextchar.__file__).parent
 ROOT = SRC.parent.parent
 # What the engine may import from the package: the model, vocabulary, configs, files, its own modules.
 ENGINE_MAY_IMPORT = {"nextchar.errors", "nextchar.files", "nextchar.runtime", "nextchar.vocab", "nextchar.config",
-                     "nextchar.model", "nextchar.checkpoint", "nextchar.ngram", "nextchar.models"}
+                     "nextchar.model", "nextchar.checkpoint", "nextchar.ngram", "nextchar.models", "nextchar.counts"}
 
 
 def module_name(path: Path) -> str:
