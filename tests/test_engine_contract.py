@@ -37,9 +37,7 @@ def tiny_counts(tiny_data_dir, tmp_path_factory):
 def pred(request, tiny_run, tiny_hash_run, tiny_onnx, tiny_ngram_run, tiny_counts):
     name = request.param
     if name == "counts":
-        from nextchar.engine.counts_backend import CountsPredictor
-
-        return CountsPredictor.from_folder(tiny_counts)
+        return engine.load(tiny_counts)  # dispatched on its config.json
     stride = 7 if name.endswith("-stride") else 1  # a window that jumps: KV caches are reused while typing
     if name.startswith("torch"):
         return engine.load(tiny_hash_run if name == "torch-hashed" else tiny_run, backend="torch", stride=stride)

@@ -16,12 +16,12 @@ from pathlib import Path
 from nextchar.errors import UserError
 from nextchar.files import atomic_write_json, read_json
 
-KINDS = ("transformer", "ngram", "mixture", "onnx")
+KINDS = ("transformer", "ngram", "counts", "mixture", "onnx")
 ONNX_FORM = "onnx"  # the sub-folder holding a Transformer folder's ONNX form
 
 
 def kind_of(cfg: dict) -> str:
-    """transformer, ngram, mixture or onnx (an export) for a config.json's contents."""
+    """transformer, ngram, counts, mixture or onnx (an export) for a config.json's contents."""
     if "export" in cfg:
         return "onnx"
     return cfg.get("model_type", "transformer")

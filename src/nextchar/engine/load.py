@@ -66,6 +66,10 @@ def _load(folder: Path, backend: str, device: str, threads: int | None, tag: str
         # `/` keeps an absolute component path as it is; a relative one is inside the mixture's folder.
         a, b = (_load(_component(folder, p), backend, device, threads, tag, stride) for p in cfg["components"])
         return MixturePredictor(a, b, float(cfg["weight"]), folder.name)
+    if desc.kind == "counts":
+        from nextchar.engine.counts_backend import CountsPredictor
+
+        return CountsPredictor.from_folder(folder)
     if desc.kind == "ngram":
         from nextchar.engine.ngram_backend import NGramPredictor
         from nextchar.ngram import NGramModel
