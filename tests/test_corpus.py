@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -96,6 +97,47 @@ def test_normalized_invariants_on_random_text():
             assert bad not in out
         assert out == out.strip()
         assert all(line == " ".join(line.split()) and line for line in out.split("\n")) or out == ""
+
+
+def test_combining_mark_runs_keep_their_first_30():
+    """Issue 14, fault 6: NFC sorts a run of marks in quadratic time; runs over 30 (UAX #15's stream-safe bound)
+    keep their first 30, so prepare is linear on any text. The issue's example: one 640 KB line of U+0301/U+0316."""
+    import unicodedata
+
+    nfc = functools.partial(unicodedata.normalize, "NFC")
+    assert norm("a" + "\u0301\u0316" * 160_000) == nfc("a" + "\u0301\u0316" * 15)  # 640,001 bytes
+    assert norm("x" + "\u0301" * 30 + " y") == nfc("x" + "\u0301" * 30) + " y"  # 30 is kept whole
+    assert norm("\u0f73" * 31) == nfc("\u0f73" * 30)  # class 0, but decomposes to two marks: counted as one
+    # deleted controls do not split a run; a base letter or a space does
+    assert norm("e" + "\u0301\x01" * 40) == nfc("e" + "\u0301" * 30)
+    assert norm(("o" + "\u0308" * 40) * 2) == nfc("o" + "\u0308" * 30) * 2
+    assert norm("\u0301" * 40 + " " + "\u0301" * 40) == "\u0301" * 30 + " " + "\u0301" * 30
+    # 30 marks of mixed classes are still put in canonical order and composed as NFC does
+    mixed = "a" + "\u0316\u0301" * 15
+    assert norm(mixed + "\u0316" * 10) == nfc(mixed) == "\u00e1" + "\u0316" * 15 + "\u0301" * 14
+
+
+def test_cap_marks_in_pieces_equals_whole():
+    rng = random.Random(3)
+    alphabet = ["\u0301", "\u0316", "\u0f73", "a", " ", "\u1161"]
+    for _ in range(200):
+        text = "".join(rng.choice(alphabet) if rng.random() < 0.2 else rng.choice(alphabet[:3]) * rng.randrange(1, 40)
+                       for _ in range(rng.randrange(0, 12)))
+        whole, whole_run = corpus.cap_marks(text)
+        cuts = sorted(rng.sample(range(len(text) + 1), min(3, len(text) + 1)))
+        pieces, run = [], 0
+        for a, b in zip([0, *cuts], [*cuts, len(text)]):
+            out, run = corpus.cap_marks(text[a:b], run)
+            pieces.append(out)
+        assert "".join(pieces) == whole and run == whole_run, text
+
+
+def test_cut_point_inside_endless_marks():
+    marks = "\u0301\u0316" * 50
+    assert corpus._cut_point(marks) == 100  # the end of a run over 30: the next piece's marks are dropped
+    assert corpus._cut_point(marks + "\u1161" * 9) == 100  # jamo: never a cut before them
+    assert corpus._cut_point("\u0301" * 30 + "\u1161") == 0  # a run of 30 is kept whole: no cut
+    assert corpus._cut_point("ab\u0301\u0301") == 1 and corpus._cut_point("x\ny") == 2
 
 
 # ---------------------------------------------------------------- split_text
