@@ -25,6 +25,13 @@ def friendly(fn):
         except UserError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
+        except OSError as e:  # a full disk anywhere a command writes is the user's to fix, not a traceback
+            from nextchar.safefs import is_no_space, no_space_error
+
+            if not is_no_space(e):
+                raise
+            typer.echo(f"error: {no_space_error(e.filename or '(a file being written)')}", err=True)
+            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None

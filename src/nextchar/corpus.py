@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import contextlib
 import functools
 import io
 import itertools
@@ -22,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nextchar.data import SPLITS, atomic_write
+from nextchar import safefs
+from nextchar.data import SPLITS
 from nextchar.errors import UserError
 from nextchar.vocab import UNK, Vocab
 
@@ -573,7 +575,7 @@ def _write_normalized(files: list[Path], dest: Path, origin: Path) -> tuple[int,
     """Stream-normalize files into dest as uint32 code points; (characters, distinct characters)."""
     seen = np.zeros(0x110000, dtype=bool)
     n = 0
-    with open(dest, "wb") as f:
+    with _named_errors(dest), open(dest, "wb") as f:
         for piece in stream_normalize(files):
             cps = np.frombuffer(piece.encode("utf-32-le", "surrogatepass"), "<u4")
             seen[cps] = True
@@ -585,81 +587,143 @@ def _write_normalized(files: list[Path], dest: Path, origin: Path) -> tuple[int,
 
 
 def _write_encoded(dest: Path, cps: _CodePoints, a: int, b: int, vocab: Vocab) -> tuple[int, int]:
-    """Encode code points [a, b) with vocab into the token file dest, atomically; (tokens, unknown tokens)."""
-    tmp = dest.with_name(f".{dest.name}.tmp")
+    """Encode code points [a, b) with vocab into the token file dest; (tokens, unknown tokens)."""
     unk = 0
-    try:
-        with open(tmp, "wb") as f:
-            for block in cps.blocks(a, b):
-                ids = vocab.encode(block.tobytes().decode("utf-32-le", "surrogatepass")).astype(
-                    vocab.dtype.newbyteorder("<"), copy=False)
-                unk += int(np.count_nonzero(ids == UNK))
-                f.write(ids.tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except OSError as e:
-        raise UserError(f"{dest}: cannot write ({e.strerror})") from None
-    finally:
-        tmp.unlink(missing_ok=True)
+    with _named_errors(dest), open(dest, "wb") as f:
+        for block in cps.blocks(a, b):
+            ids = vocab.encode(block.tobytes().decode("utf-32-le", "surrogatepass")).astype(
+                vocab.dtype.newbyteorder("<"), copy=False)
+            unk += int(np.count_nonzero(ids == UNK))
+            f.write(ids.tobytes())
+        f.flush()
+        os.fsync(f.fileno())
     return b - a, unk
+
+
+@contextlib.contextmanager
+def _named_errors(path: Path) -> Iterator[None]:
+    """Give write errors (a full disk raises OSError without a file name) the file they happened in."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None:
+            raise OSError(e.errno, e.strerror, str(path)) from None
+        raise
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    with _named_errors(path), open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+DATA_FILES = ("stats.json", "vocab.json")
+
+
+def _check_replaceable(out: Path) -> None:
+    """prepare replaces out as a whole: refuse a file, or a folder holding anything but a previous data dir."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise UserError(f"{out}: cannot create data dir (a file is in the way)")
+    try:
+        entries = sorted(out.iterdir())
+    except OSError as e:
+        raise UserError(f"{out}: cannot list ({e.strerror})") from None
+    if not entries:
+        return
+    names = {p.name for p in entries}
+
+    def ours(p: Path) -> bool:
+        if p.name.startswith(".") or p.name in DATA_FILES:
+            return True  # leftovers of an older nextchar, and the data files themselves
+        return p.is_dir() and not p.is_symlink() and all(
+            f.name.startswith(".") or f.name in {f"{s}.bin" for s in SPLITS} for f in p.iterdir())
+
+    foreign = [p for p in entries if not ours(p)]
+    if not names & set(DATA_FILES) or foreign:
+        what = (foreign or entries)[0].name
+        raise UserError(f"{out}: not empty and not a data dir from `nextchar prepare` (it holds {what!r}); "
+                        "prepare replaces --out as a whole, so give a new or empty folder")
 
 
 def prepare(out: str | Path, corpus: str | Path | None = None, min_count: int = 2) -> dict:
     """Normalize, split, build the vocab on train, encode and write the data dir; returns stats.json's dict.
 
-    Streams: each language is normalized chunk by chunk into a temporary file of code points inside out/, the
-    vocabulary is counted from the train parts, then each split is encoded block by block. Memory stays bounded
-    whatever the corpus size (the temporary files take 4 bytes per character until their language is encoded);
-    the result is identical to normalizing whole files in memory.
+    Streams: each language is normalized chunk by chunk into a temporary file of code points, the vocabulary is
+    counted from the train parts, then each split is encoded block by block. Memory stays bounded whatever the
+    corpus size (the temporary files take 4 bytes per character until their language is encoded); the result
+    is identical to normalizing whole files in memory.
+
+    Crash-safe: everything is written into a private folder beside out (safefs.staging_dir) that replaces out
+    in one rename at the end, so out is at every instant the previous data dir, whole, or the new one; a failed
+    or killed prepare changes nothing in it, and the next prepare removes a killed one's folder. Raises
+    UserError when out holds anything but a previous data dir, and on a full disk (naming the file, the space
+    needed and the space free).
     """
     t0 = time.perf_counter()
     out = Path(out)
+    if out.is_symlink():
+        out = out.resolve()  # replace the folder the link names, keep the link
     if corpus is None:
         sources, source = dasher_sources(), "dasher"
     else:
         sources, source = corpus_sources(corpus), str(Path(corpus).resolve())
-    created = not out.exists()
+    _check_replaceable(out)
+    # Peak use beside out: 4 bytes per character for the normalized text of every language, plus the token
+    # files (2 or 4 bytes per character); a character is at least one input byte, so this bounds it.
+    in_bytes = sum(f.stat().st_size for files in sources.values() for f in files)
+    need = 6 * in_bytes
+    missing = next((p for p in [out.parent, *out.parent.parents][::-1] if not p.exists()), None)
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(dir=out, prefix=".prepare-"))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        work = safefs.staging_dir(out, "prepare")
     except OSError as e:
+        if safefs.is_no_space(e):
+            raise safefs.no_space_error(out, need) from None
         raise UserError(f"{out}: cannot create data dir ({e.strerror or e})") from None
+    norm = work / ".normalized"
     try:
+        norm.mkdir()
         texts: dict[str, tuple[_CodePoints, int, int]] = {}
         distinct: dict[str, int] = {}
         hist = np.zeros(0x110000, dtype=np.int64)  # train-part character counts, all languages
         for lang, files in sorted(sources.items()):
             origin = files[0] if len(files) == 1 else files[0].parent
-            n, distinct[lang] = _write_normalized(files, work / f"{lang}.u32", origin)
-            cps = _CodePoints(work / f"{lang}.u32")
+            n, distinct[lang] = _write_normalized(files, norm / f"{lang}.u32", origin)
+            cps = _CodePoints(norm / f"{lang}.u32")
             cut1, cut2 = split_cuts(n, cps.text)
             for block in cps.blocks(0, cut1):
                 hist += np.bincount(block, minlength=0x110000)
             texts[lang] = (cps, cut1, cut2)
         vocab = Vocab.build(Counter({chr(cp): int(hist[cp]) for cp in np.flatnonzero(hist)}), min_count=min_count)
+        need = sum(c.n for c, _, _ in texts.values()) * vocab.dtype.itemsize  # what is left to write
         languages = {}
         for lang, (cps, cut1, cut2) in texts.items():
-            try:
-                (out / lang).mkdir(exist_ok=True)
-            except OSError as e:
-                raise UserError(f"{out / lang}: cannot create ({e.strerror or e})") from None
+            (work / lang).mkdir()
             entry = {}
             for split, (a, b) in zip(SPLITS, ((0, cut1), (cut1, cut2), (cut2, cps.n))):
-                entry[split], entry[f"unk_{split}"] = _write_encoded(out / lang / f"{split}.bin", cps, a, b, vocab)
+                entry[split], entry[f"unk_{split}"] = _write_encoded(work / lang / f"{split}.bin", cps, a, b, vocab)
             languages[lang] = {k: entry[k] for k in ("train", "dev", "test", "unk_train", "unk_dev", "unk_test")}
             cps.path.unlink()  # free the disk as soon as a language is written
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        if created:
-            shutil.rmtree(out, ignore_errors=True)  # a failed first prepare leaves nothing behind
+            need -= cps.n * vocab.dtype.itemsize
+        norm.rmdir()
+        stats = {"source": source, "dtype": vocab.dtype.name, "vocab_size": vocab.size, "vocab_hash": vocab.hash,
+                 "min_count": min_count, "languages": languages}
+        _write_file(work / "vocab.json", json.dumps(vocab.to_dict(), ensure_ascii=False, indent=0).encode("utf-8"))
+        _write_file(work / "stats.json", (json.dumps(stats, ensure_ascii=False, indent=1) + "\n").encode("utf-8"))
+        safefs.replace_dir(work, out)
+    except BaseException as e:
+        safefs.rmtree(work)
+        if missing is not None:
+            safefs.rmtree(missing)  # a failed first prepare leaves nothing behind
+        if safefs.is_no_space(e):
+            kept = f"{out} is as it was" if out.exists() else f"nothing was written to {out}"
+            raise safefs.no_space_error(Path(e.filename or work), need, kept) from None
+        if isinstance(e, OSError):
+            raise UserError(f"{e.filename or out}: cannot write ({e.strerror or e}); {out} is as it was") from None
         raise
-    shutil.rmtree(work, ignore_errors=True)
-    vocab.save(out / "vocab.json")
-    stats = {"source": source, "dtype": vocab.dtype.name, "vocab_size": vocab.size, "vocab_hash": vocab.hash,
-             "min_count": min_count, "languages": languages}
-    # stats.json last: it is what open_data() trusts, so it only ever describes files already in place.
-    atomic_write(out / "stats.json", (json.dumps(stats, ensure_ascii=False, indent=1) + "\n").encode("utf-8"))
     print(summary_table(stats, distinct))
     print(f"vocab: {vocab.size} tokens (min_count {min_count}, hash {vocab.hash}); wrote {out} "
           f"in {time.perf_counter() - t0:.1f}s")
