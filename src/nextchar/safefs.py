@@ -51,12 +51,21 @@ def free_bytes(path: str | Path) -> int | None:
         return None
 
 
-def no_space_error(path: str | Path, need: int | None = None, note: str = "") -> UserError:
+class NoSpace(UserError):
+    """A write found the disk (or quota) full; path and need (bytes, or None) for callers that know more."""
+
+    def __init__(self, message: str, path: Path, need: int | None) -> None:
+        super().__init__(message)
+        self.path, self.need = path, need
+
+
+def no_space_error(path: str | Path, need: int | None = None, note: str = "") -> NoSpace:
     """The one-line error for a write that found the disk (or quota) full: the path, the space needed and free."""
     free = free_bytes(Path(path).parent)
     have = f"{human_bytes(free)} free" if free is not None else "free space unknown"
     want = f"needs about {human_bytes(need)}, " if need is not None else ""
-    return UserError(f"{path}: no space left on device ({want}{have} there){'; ' + note if note else ''}")
+    return NoSpace(f"{path}: no space left on device ({want}{have} there){'; ' + note if note else ''}",
+                   Path(path), need)
 
 
 # -------------------------------------------------------------------------- staging folders and the swap
@@ -197,6 +206,7 @@ class RunLock:
         self.path = Path(path)
         self.command = command
         self.held = False
+        self.took_over: dict | None = None  # the holder of a stale lock this one replaced
 
     def _holder(self) -> dict | None:
         try:
@@ -220,6 +230,7 @@ class RunLock:
                     continue  # released meanwhile: try again
                 if self._stale(holder):
                     self._break(holder)
+                    self.took_over = holder
                     continue
                 raise UserError(self._busy_message(holder)) from None
             except OSError as e:

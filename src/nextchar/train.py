@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from nextchar import checkpoint, files
+from nextchar import checkpoint, files, safefs
 from nextchar.config import RunConfig, TrainConfig, parse_grow, replace
 from nextchar.data import BatchSampler, DataSet, open_data
 from nextchar.engine.folder import write_description
@@ -251,10 +251,48 @@ def train(data: str | Path, out: str | Path, cfg: RunConfig, resume: bool = Fals
     device = resolve_device(cfg.train.device)
     created = setup_distributed(device)
     try:
-        return _train(data, Path(out), cfg, device, resume, preset, progress)
+        with run_lock(Path(out)):
+            return _train(data, Path(out), cfg, device, resume, preset, progress)
     finally:
         if created:
             dist.destroy_process_group()
+
+
+LOCK_NAME = "train.lock"
+
+
+@contextlib.contextmanager
+def run_lock(out: Path):
+    """Hold out/train.lock (pid, host, command) while training: a second writer on the same run gets a one-line
+    UserError instead of racing on its checkpoints; a lock left by a crashed or killed run (its pid gone on this
+    host) is taken over. Collective under DDP: rank 0 holds it and every rank raises if it could not."""
+    lock, err, made = None, None, False
+    if is_main():
+        try:
+            if out.exists() and not out.is_dir():
+                raise UserError(f"{out}: is a file, not a run directory (give another --out)")
+            made = not out.exists()
+            out.mkdir(parents=True, exist_ok=True)
+            lock = safefs.RunLock(out / LOCK_NAME, "nextchar " + " ".join(sys.argv[1:])[:300])
+            lock.acquire()
+            if lock.took_over:
+                print0(f"note: {out / LOCK_NAME} was left by pid {lock.took_over.get('pid')}, which is gone; "
+                       "taking it over")
+        except UserError as e:
+            err, lock = str(e), None
+        except OSError as e:
+            err, lock = f"{out}: cannot create run directory ({e.strerror or e})", None
+    errors = [e for e in gather(err) if e]
+    if errors:
+        raise UserError(errors[0])
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+            if made:
+                with contextlib.suppress(OSError):
+                    out.rmdir()  # a run that failed before writing anything leaves no empty folder
 
 
 def _train(data: str | Path, out: Path, cfg: RunConfig, device: str, resume: bool, preset: str | None,
