@@ -356,12 +356,13 @@ def package(
     half: Annotated[bool, typer.Option("--half", help="Store the weights as float16 (half the size).")] = False,
     onnx: Annotated[bool, typer.Option("--onnx", help="Also write the model's ONNX form (OUT/onnx), which a torch-free install runs.")] = False,
     threads: Threads = 0,
+    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out that is not a previous package.")] = False,
 ):
     """Package a run's best weights with a model card (how the shipped default model is made)."""
     from nextchar.package import package_model
 
     threads_option(threads)
-    typer.echo(f"wrote {package_model(run, out, command, half, onnx)}")
+    typer.echo(f"wrote {package_model(run, out, command, half, onnx, force=force)}")
 
 
 def main() -> None:
