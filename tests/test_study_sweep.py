@@ -184,3 +184,17 @@ def test_report_recommends_within_constraints(study, tmp_path):
     with pytest.raises(UserError, match="--max-params"):
         write_report(copy, max_params=0)
 
+
+
+def test_one_sweep_per_study_folder(tiny_data_dir, tmp_path):
+    """Two `study run` on one folder would train (or clear) the same point at once: the second is refused."""
+    import os
+
+    from nextchar import safefs
+
+    out = tmp_path / "st"
+    out.mkdir()
+    with safefs.RunLock(out / "study.lock", "nextchar study run"):
+        with pytest.raises(UserError, match=rf"study.lock: in use by pid {os.getpid()} on "):
+            run_study(write(tmp_path / "grid.toml", TINY_GRID), tiny_data_dir, out, ngram=False, **ARGS)
+    assert sorted(p.name for p in out.iterdir()) == []
