@@ -305,11 +305,18 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     backend: Backend = "auto",
     threads: Annotated[int, typer.Option(help="CPU threads of the model (0 = all cores).")] = 1,
+    max_per_address: Annotated[int, typer.Option(help="Open connections per client address (0 = no bound; raise it behind a reverse proxy).")] = 256,
 ):
     """Serve predictions over HTTP (JSON API + the web keyboard page at /)."""
+    import dataclasses
+
+    from nextchar.serve import default_limits
     from nextchar.serve import serve as run_server
 
-    run_server(resolve_run(run), host=host, port=port, backend=backend, threads=threads)
+    if max_per_address < 0:
+        raise UserError(f"--max-per-address {max_per_address}: must be >= 0 (0 = no bound)")
+    limits = dataclasses.replace(default_limits(), per_address=max_per_address)
+    run_server(resolve_run(run), host=host, port=port, backend=backend, threads=threads, limits=limits)
 
 
 @app.command()

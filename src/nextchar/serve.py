@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from nextchar import engine, keyboard
 from nextchar.adapt import MAX_SESSIONS, MAX_TEXT, WEIGHTS, AdaptiveSession, SessionStore, Weights
 from nextchar.complete import Completer
+from nextchar.connguard import Guard, Limits, guarded_protocol
 from nextchar.engine.base import Predictor, rank
 from nextchar.errors import UserError
 
@@ -472,8 +473,39 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def default_limits() -> Limits:
+    """The connection guard's bounds for this process: max_connections below the open-file limit (raised to its
+    hard ceiling first), so accepting never fails for want of a file descriptor."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 8192 if hard == resource.RLIM_INFINITY else min(8192, hard)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+    room = 4096 if soft == resource.RLIM_INFINITY else max(64, soft - 128)  # model files, logs, the listener
+    return Limits(max_connections=min(4096, room))
+
+
+def server_config(app: FastAPI, limits: Limits | None = None, **options: Any) -> Any:
+    """uvicorn's Config for a nextchar app: uvicorn's own HTTP protocol with the connection guard (connguard:
+    deadlines for silent and slow clients, connections per address and in all), and no limit_concurrency, whose
+    503 counted idle connections. The guard is app.state.guard (its counters say what it closed)."""
+    import uvicorn
+    from uvicorn.config import HTTP_PROTOCOLS
+    from uvicorn.importer import import_from_string
+
+    guard = Guard(limits or default_limits())
+    app.state.guard = guard
+    base = import_from_string(HTTP_PROTOCOLS["auto"])  # httptools when installed, else h11
+    settings = dict(log_level="warning", access_log=False, timeout_keep_alive=30, limit_concurrency=None,
+                    backlog=2048)
+    return uvicorn.Config(app, http=guarded_protocol(base, guard), **{**settings, **options})
+
+
 def serve(run_path: str | Path, host: str = "127.0.0.1", port: int = 8000, backend: str = "auto",
-          threads: int | None = None) -> None:
+          threads: int | None = None, limits: Limits | None = None) -> None:
     """`nextchar serve`: load the run, listen, and serve until Ctrl-C."""
     import uvicorn
 
@@ -488,9 +520,7 @@ def serve(run_path: str | Path, host: str = "127.0.0.1", port: int = 8000, backe
     # the exact line tests and benchmarks wait for (port 0 picks a free one, and this says which)
     print(f"nextchar: serving {app.state.predictor.run_id} at http://{url_host}:{shown[1]}/ (API docs at /docs)",
           flush=True)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_keep_alive=30,
-                            limit_concurrency=2048)
-    uvicorn.Server(config).run(sockets=[sock])
+    uvicorn.Server(server_config(app, limits)).run(sockets=[sock])
 
 
 @contextlib.contextmanager
