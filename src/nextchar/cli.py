@@ -306,6 +306,8 @@ def serve(
     backend: Backend = "auto",
     threads: Annotated[int, typer.Option(help="CPU threads of the model (0 = all cores).")] = 1,
     max_per_address: Annotated[int, typer.Option(help="Open connections per client address (0 = no bound; raise it behind a reverse proxy).")] = 256,
+    workers: Annotated[int, typer.Option(help="Server processes on the one port (each loads the model; sessions are shared).")] = 1,
+    sessions_db: Annotated[Path | None, typer.Option(help="SQLite file for the sessions' remembered text, shared by every server given it (default: in memory; a private temporary file with --workers).")] = None,
 ):
     """Serve predictions over HTTP (JSON API + the web keyboard page at /)."""
     import dataclasses
@@ -316,7 +318,8 @@ def serve(
     if max_per_address < 0:
         raise UserError(f"--max-per-address {max_per_address}: must be >= 0 (0 = no bound)")
     limits = dataclasses.replace(default_limits(), per_address=max_per_address)
-    run_server(resolve_run(run), host=host, port=port, backend=backend, threads=threads, limits=limits)
+    run_server(resolve_run(run), host=host, port=port, backend=backend, threads=threads, limits=limits,
+               workers=workers, sessions_db=sessions_db)
 
 
 @app.command()
