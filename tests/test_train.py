@@ -230,10 +230,11 @@ def test_two_real_trainings_on_one_run(tiny_data_dir, tmp_path):
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
+    reached = checkpoint.load(checkpoint.find(run, "latest"))[2]["step"]  # where the killed one got to
     r = CliRunner().invoke(app, ["train", "--data", str(tiny_data_dir), "--out", str(run), "--resume",
-                                 "--max-steps", "20", "--threads", "1"])
+                                 "--max-steps", str(reached + 5), "--threads", "1"])
     assert r.exit_code == 0 and "taking it over" in r.output, r.output
-    assert checkpoint.read_json(run / "result.json")["steps"] == 20
+    assert checkpoint.read_json(run / "result.json")["steps"] == reached + 5
 
 
 def test_out_is_a_file(tiny_data_dir, tmp_path):

@@ -178,8 +178,10 @@ def find(run_dir: str | Path, tag: str = "latest") -> Path | None:
 
 def load(ckpt_dir: str | Path, with_optimizer: bool = True) -> tuple[dict[str, torch.Tensor], dict | None, dict]:
     """Read (model tensors, optimizer state_dict or None, state) and verify every file against its hash."""
+    from nextchar.runfiles import checkpoint_state  # (imported here: runfiles needs config, not torch)
+
     ckpt_dir = Path(ckpt_dir)
-    state = read_json(ckpt_dir / "state.json", "checkpoint state")
+    state = checkpoint_state(ckpt_dir / "state.json", read_json(ckpt_dir / "state.json", "checkpoint state"))
     for fname, digest in state.get("files", {}).items():
         p = ckpt_dir / fname
         if not p.exists():
@@ -190,7 +192,12 @@ def load(ckpt_dir: str | Path, with_optimizer: bool = True) -> tuple[dict[str, t
         model_state = load_file(str(ckpt_dir / "model.safetensors"))
         opt = None
         if with_optimizer and "optimizer" in state:
-            opt = unflatten_optimizer(load_file(str(ckpt_dir / "optim.safetensors")), state["optimizer"])
+            tensors = load_file(str(ckpt_dir / "optim.safetensors"))
+            try:
+                opt = unflatten_optimizer(tensors, state["optimizer"])
+            except (KeyError, TypeError, ValueError, AttributeError) as e:
+                raise UserError(f"{ckpt_dir / 'state.json'}: checkpoint state: 'optimizer' is damaged "
+                                f"({type(e).__name__}: {e})") from None
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"{ckpt_dir}: unreadable checkpoint ({e})") from None
     return model_state, opt, state

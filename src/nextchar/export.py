@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nextchar import safefs
+from nextchar import runfiles, safefs
 from nextchar.engine.base import START, Predictor, rank
 from nextchar.engine.folder import data_dir, describe, write_description
 from nextchar.engine.onnx_backend import OnnxPredictor, cache_names
@@ -338,7 +338,7 @@ def export(run: str | Path, out: str | Path, fmt: str = "onnx", int8: bool = Fal
         shared = share_weights(tmp, list(files.values()))
         atomic_write_bytes(tmp / "vocab.json", (run / "vocab.json").read_bytes())
         ck = ref.checkpoint
-        state = read_json(ck / "state.json", "checkpoint state")
+        state = runfiles.checkpoint_state(ck / "state.json", read_json(ck / "state.json", "checkpoint state"))
         meta = {
             "export": {"format": fmt, "version": EXPORT_VERSION, "opset": OPSET, "files": files, "weights": WEIGHTS,
                        "weights_bytes": shared["bytes"]},

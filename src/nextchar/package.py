@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nextchar import checkpoint, files, safefs
+from nextchar import checkpoint, files, runfiles, safefs
 from nextchar.engine.folder import ONNX_FORM, describe, write_description
 from nextchar.errors import UserError
 from nextchar.export import export
@@ -60,8 +60,11 @@ def package_model(run: str | Path, out: str | Path, command: str = "", half: boo
     ck = checkpoint.find(run, "best")
     if ck is None:
         raise UserError(f"{run}: run has no best checkpoint to package")
-    test = files.read_json(run / "eval_test.json", "test evaluation (run `nextchar eval --split test` first)")
-    result = files.read_json(run / "result.json", "result")
+    if not (run / "eval_test.json").exists():
+        raise UserError(f"{run / 'eval_test.json'}: test evaluation not found (run `nextchar eval --split test` "
+                        "first)")
+    test = runfiles.eval_result(run / "eval_test.json")
+    result = runfiles.train_result(run / "result.json")
     cfg = describe(run).config
     weights, _, state = checkpoint.load(ck, with_optimizer=False)
     if half:
