@@ -1,4 +1,5 @@
-"""Damaged run and data files (issue 14, fault 4): every command reading one says which file and what is wrong."""
+"""Damaged run and data files (issue 14, fault 4): every command reading one (resume, predict, eval, export, serve,
+package) says which file and what is wrong, in one line."""
 
 import json
 import shutil
@@ -77,6 +78,7 @@ READS = {
     "resume": {"config.json", "latest.json", "state.json", "model.safetensors", "optim.safetensors"},
     "package": {"config.json", "vocab.json", "best.json", "state.json", "model.safetensors", "result.json",
                 "eval_test.json"},
+    "export": {"config.json", "vocab.json", "best.json", "state.json", "model.safetensors"},
 }
 FILES = ["config.json", "vocab.json", "checkpoints/best.json", "checkpoints/latest.json", f"{CKPT}/state.json",
          f"{CKPT}/model.safetensors", f"{CKPT}/optim.safetensors", "result.json", "eval_test.json",
@@ -94,7 +96,9 @@ def run_command(cmd: str, run: Path, data: Path) -> tuple[int, str]:
             "eval": ["eval", "--run", run, "--data", data, "--split", "dev", "--positions", "3"],
             "resume": ["train", "--data", data, "--out", run, "--resume", "--max-steps", "41",
                        "--set", "train.final_eval_positions=3"],
-            "package": ["package", "--run", run, "--out", run.parent / "pkg"]}[cmd]
+            "package": ["package", "--run", run, "--out", run.parent / "pkg"],
+            "export": ["export", "--run", run, "--format", "onnx", "--out", run.parent / "onnx",
+                       "--eval-positions", "3"]}[cmd]
     r = runner.invoke(app, [str(a) for a in args] + (["--threads", "1"] if cmd != "package" else []))
     if r.exception is not None and not isinstance(r.exception, SystemExit):
         raise r.exception  # a traceback: the test shows it
