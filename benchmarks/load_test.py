@@ -246,7 +246,7 @@ def main() -> None:
     ap.add_argument("--sessions", type=float, default=0.5, help="Fraction of clients that send a session id.")
     ap.add_argument("--data", type=Path, help="Data dir whose test paragraphs clients type (default: the run's).")
     ap.add_argument("--workers", type=int, default=1, help="With --run: server processes (nextchar serve --workers).")
-    ap.add_argument("--backend", default="torch", help="With --run: torch or onnx.")
+    ap.add_argument("--backend", default="auto", help="With --run: auto, torch, onnx or onnx-int8.")
     ap.add_argument("--threads", type=int, default=1, help="With --run: torch threads per server process.")
     args = ap.parse_args()
     if not 0 < args.seconds <= MAX_SECONDS or min(args.clients) < 1 or not 0 <= args.sessions <= 1:
