@@ -169,3 +169,30 @@ def test_a_truncated_token_file(tiny_data_dir, tmp_path):
     r = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "r"), "--preset", "tiny",
                             "--max-steps", "1", "--threads", "1"])
     assert r.exit_code == 2 and f"{f}: " in r.output and "re-run `nextchar prepare`" in r.output
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_run, tmp_path_factory):
+    from nextchar.export import export
+
+    out = tmp_path_factory.mktemp("exp") / "onnx"
+    export(tiny_run, out, positions=3, parity_prefixes=20)
+    return out
+
+
+@pytest.mark.parametrize("name, edit", [
+    ("a list", lambda d: [d]), ("export a list", lambda d: {**d, "export": []}),
+    ("files a list", lambda d: {**d, "export": {**d["export"], "files": ["model.onnx"]}}),
+    ("a file outside", lambda d: {**d, "export": {**d["export"], "files": {**d["export"]["files"],
+                                                                            "model": "../../x.onnx"}}}),
+    ("no model", lambda d: {k: v for k, v in d.items() if k != "model"}),
+    ("model.context a string", lambda d: {**d, "model": {**d["model"], "context": "32"}}),
+])
+def test_damaged_export_config(exported, tiny_data_dir, tmp_path, name, edit):
+    folder = tmp_path / "onnx"
+    shutil.copytree(exported, folder)
+    cfg = folder / "config.json"
+    cfg.write_text(json.dumps(edit(json.loads(cfg.read_text(encoding="utf-8")))))
+    for cmd in ("predict", "serve", "eval"):
+        code, out = run_command(cmd, folder, tiny_data_dir)
+        assert code == 2 and out.count("\n") == 1 and "config.json" in out, (name, cmd, out)
