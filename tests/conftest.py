@@ -176,3 +176,45 @@ def fail_at_batch(monkeypatch):
         monkeypatch.setattr(BatchSampler, "next_batch", next_batch)
 
     return arm
+
+
+def _namespace_cmd() -> list[str] | None:
+    """How to get a private mount namespace here: `unshare -m` as root, else a user namespace `unshare -rm`."""
+    import os
+    import shutil
+    import subprocess
+
+    if not shutil.which("unshare") or not shutil.which("mount"):
+        return None
+    for cmd in (["unshare", "-m"], ["unshare", "-rm"]) if os.geteuid() == 0 else (["unshare", "-rm"],):
+        probe = subprocess.run([*cmd, "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"], capture_output=True,
+                               check=False)
+        if probe.returncode == 0:
+            return cmd
+    return None
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """run(script, size_kb) runs a bash script with $FS a fresh tmpfs of size_kb KB, private to that script (its
+    own mount namespace, gone when it exits): a real file system that fills up, for disk-full tests. $PY is this
+    Python with this checkout's nextchar. Skips where mount namespaces are not allowed."""
+    import os
+    import subprocess
+    import sys
+
+    cmd = _namespace_cmd()
+    if cmd is None:
+        pytest.skip("no mount namespace (unshare -m / -rm) for a small tmpfs here")
+    fs = tmp_path / "fs"
+    fs.mkdir()
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = dict(os.environ, FS=str(fs), PY=sys.executable,
+               PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]))
+
+    def run(script: str, size_kb: int) -> subprocess.CompletedProcess:
+        full = f"set -u\nmount -t tmpfs -o size={size_kb}k tmpfs \"$FS\"\n{script}"
+        return subprocess.run([*cmd, "bash", "-c", full], env=env, capture_output=True, text=True, check=False,
+                              timeout=300)
+
+    return run

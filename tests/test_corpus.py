@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
 import os
 import random
+import re
 import shutil
 import tarfile
 from pathlib import Path
@@ -96,6 +98,47 @@ def test_normalized_invariants_on_random_text():
             assert bad not in out
         assert out == out.strip()
         assert all(line == " ".join(line.split()) and line for line in out.split("\n")) or out == ""
+
+
+def test_combining_mark_runs_keep_their_first_30():
+    """Issue 14, fault 6: NFC sorts a run of marks in quadratic time; runs over 30 (UAX #15's stream-safe bound)
+    keep their first 30, so prepare is linear on any text. The issue's example: one 640 KB line of U+0301/U+0316."""
+    import unicodedata
+
+    nfc = functools.partial(unicodedata.normalize, "NFC")
+    assert norm("a" + "\u0301\u0316" * 160_000) == nfc("a" + "\u0301\u0316" * 15)  # 640,001 bytes
+    assert norm("x" + "\u0301" * 30 + " y") == nfc("x" + "\u0301" * 30) + " y"  # 30 is kept whole
+    assert norm("\u0f73" * 31) == nfc("\u0f73" * 30)  # class 0, but decomposes to two marks: counted as one
+    # deleted controls do not split a run; a base letter or a space does
+    assert norm("e" + "\u0301\x01" * 40) == nfc("e" + "\u0301" * 30)
+    assert norm(("o" + "\u0308" * 40) * 2) == nfc("o" + "\u0308" * 30) * 2
+    assert norm("\u0301" * 40 + " " + "\u0301" * 40) == "\u0301" * 30 + " " + "\u0301" * 30
+    # 30 marks of mixed classes are still put in canonical order and composed as NFC does
+    mixed = "a" + "\u0316\u0301" * 15
+    assert norm(mixed + "\u0316" * 10) == nfc(mixed) == "\u00e1" + "\u0316" * 15 + "\u0301" * 14
+
+
+def test_cap_marks_in_pieces_equals_whole():
+    rng = random.Random(3)
+    alphabet = ["\u0301", "\u0316", "\u0f73", "a", " ", "\u1161"]
+    for _ in range(200):
+        text = "".join(rng.choice(alphabet) if rng.random() < 0.2 else rng.choice(alphabet[:3]) * rng.randrange(1, 40)
+                       for _ in range(rng.randrange(0, 12)))
+        whole, whole_run = corpus.cap_marks(text)
+        cuts = sorted(rng.sample(range(len(text) + 1), min(3, len(text) + 1)))
+        pieces, run = [], 0
+        for a, b in zip([0, *cuts], [*cuts, len(text)]):
+            out, run = corpus.cap_marks(text[a:b], run)
+            pieces.append(out)
+        assert "".join(pieces) == whole and run == whole_run, text
+
+
+def test_cut_point_inside_endless_marks():
+    marks = "\u0301\u0316" * 50
+    assert corpus._cut_point(marks) == 100  # the end of a run over 30: the next piece's marks are dropped
+    assert corpus._cut_point(marks + "\u1161" * 9) == 100  # jamo: never a cut before them
+    assert corpus._cut_point("\u0301" * 30 + "\u1161") == 0  # a run of 30 is kept whole: no cut
+    assert corpus._cut_point("ab\u0301\u0301") == 1 and corpus._cut_point("x\ny") == 2
 
 
 # ---------------------------------------------------------------- split_text
@@ -374,3 +417,183 @@ def test_real_dasher(tmp_path, capsys):
         assert e["unk_train"] < 0.001 * e["train"], lang
     assert 300 < stats["vocab_size"] < 65535
     assert np.fromfile(tmp_path / "data/en/dev.bin", dtype="<u2").size == stats["languages"]["en"]["dev"]
+
+
+# ---------------------------------------------------------------- prepare is all or nothing (issue 14, faults 1, 8)
+
+
+def snapshot(d: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def siblings(d: Path) -> list[str]:
+    return sorted(p.name for p in d.parent.iterdir() if p.name.startswith(f".{d.name}."))
+
+
+def test_failed_prepare_leaves_the_previous_data_dir(tiny_corpus_dir, tmp_path, capsys):
+    """The issue's example: a second prepare with another vocabulary fails midway; d must still be the first."""
+    from nextchar.data import open_data
+
+    d = tmp_path / "d"
+    prepare(d, tiny_corpus_dir)
+    before = snapshot(d)
+    with open(tiny_corpus_dir / "en.txt", "a", encoding="utf-8") as f:
+        f.write("\n\nŴŵŷŶ ŴŵŷŶ ŴŵŷŶ ŴŵŷŶ\n" * 50)  # new characters: the vocabulary changes
+    (d / "ru").chmod(0o555)  # the issue's trigger (no effect as root, and prepare no longer writes into d)
+    (tiny_corpus_dir / "zz.txt").write_bytes(b"\x00binary")  # fails after every other language is normalized
+    with pytest.raises(UserError, match="zz.txt: looks binary"):
+        prepare(d, tiny_corpus_dir)
+    assert snapshot(d) == before and siblings(d) == []
+    assert open_data(d).text("en", "dev") == split_text(norm(TINY_TEXTS["en"]))[1]
+    (tiny_corpus_dir / "zz.txt").unlink()
+    stats = prepare(d, tiny_corpus_dir)  # now it works, read-only subfolder and all
+    assert "Ŵ" in open_data(d).vocab.stoi and stats == json.loads((d / "stats.json").read_text(encoding="utf-8"))
+    assert siblings(d) == [] and not [p for p in d.rglob(".*")]
+
+
+def test_prepare_refuses_a_folder_that_is_not_a_data_dir(tiny_corpus_dir, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    with pytest.raises(UserError, match=f"^{mine}: not empty and not a data dir .*'thesis.tex'"):
+        prepare(mine, tiny_corpus_dir)
+    assert (mine / "thesis.tex").read_text() == "years of work"
+    with pytest.raises(UserError, match="not empty and not a data dir .*'ar.txt'"):
+        prepare(tiny_corpus_dir, tiny_corpus_dir)  # --out is the corpus itself
+    d = tmp_path / "d"
+    prepare(d, tiny_corpus_dir)
+    (d / "en" / "notes.md").write_text("mine")  # a data dir with something of the user's inside
+    with pytest.raises(UserError, match="not empty and not a data dir .*'en'"):
+        prepare(d, tiny_corpus_dir)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    prepare(empty, tiny_corpus_dir)  # an empty folder is fine
+    link = tmp_path / "link"
+    link.symlink_to(empty)
+    prepare(link, tiny_corpus_dir)  # through a link: the folder it names is replaced, the link stays
+    assert link.is_symlink() and (empty / "stats.json").exists()
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                       check=True)
+    return int(p.stdout)
+
+
+def test_prepare_removes_leftovers_of_killed_runs_only(tiny_corpus_dir, tmp_path, capsys):
+    from nextchar import safefs
+
+    d = tmp_path / "d"
+    prepare(d, tiny_corpus_dir)
+    dead = tmp_path / f".d.prepare-{_dead_pid()}-{safefs.HOST}-abcdefgh"
+    live = tmp_path / f".d.prepare-{os.getpid()}-{safefs.HOST}-ijklmnop"  # a prepare still running
+    other = tmp_path / f".d.prepare-{_dead_pid()}-some-other-host-qrstuvwx"  # another machine's: not ours to judge
+    for p in (dead, live, other):
+        (p / "en").mkdir(parents=True)
+        (p / "en" / "train.bin").write_bytes(b"x" * 1000)
+    prepare(d, tiny_corpus_dir)
+    assert siblings(d) == sorted([live.name, other.name])
+
+
+def test_prepare_without_atomic_exchange(tiny_corpus_dir, tmp_path, monkeypatch, capsys):
+    """Where renameat2 is missing, two renames; a kill between them leaves .old, which the next run restores."""
+    from nextchar import safefs
+    from nextchar.data import open_data
+
+    monkeypatch.setattr(safefs, "_renameat2", None)
+    d = tmp_path / "d"
+    prepare(d, tiny_corpus_dir)
+    stats = prepare(d, tiny_corpus_dir)
+    assert siblings(d) == [] and open_data(d).stats == stats
+    before = snapshot(d)
+    old = tmp_path / f".d.prepare-{_dead_pid()}-{safefs.HOST}-abcdefgh.old"
+    d.rename(old)  # as if killed right after the first rename
+    assert safefs.clean_stale(d, "prepare") == [] and snapshot(d) == before and siblings(d) == []
+
+
+def test_exchange_failure_keeps_the_old_dir(tiny_corpus_dir, tmp_path, monkeypatch, capsys):
+    from nextchar import safefs
+
+    d = tmp_path / "d"
+    prepare(d, tiny_corpus_dir)
+    before = snapshot(d)
+
+    def broken(a, b):
+        raise OSError(5, "Input/output error", str(b))
+
+    monkeypatch.setattr(safefs, "exchange", broken)
+    with pytest.raises(UserError, match=f"^{d}: cannot write \\(Input/output error\\); {d} is as it was"):
+        prepare(d, tiny_corpus_dir)
+    assert snapshot(d) == before and siblings(d) == []
+
+
+def test_kill_9_during_prepare(tmp_path):
+    """kill -9 at random moments: d is always the old or the new data dir, whole; the next prepare cleans up."""
+    import contextlib
+    import signal
+    import time
+
+    from nextchar.data import open_data
+
+    old_corpus, new_corpus = tmp_path / "old", tmp_path / "new"
+    for folder, extra in ((old_corpus, ""), (new_corpus, "ŴŵŷŶ ")):
+        folder.mkdir()
+        for lang, text in TINY_TEXTS.items():
+            (folder / f"{lang}.txt").write_text((text + extra) * 20, encoding="utf-8")  # ~0.5 M characters
+    want_new = tmp_path / "want"
+    t0 = time.perf_counter()
+    prepare(want_new, new_corpus)
+    span = 1.3 * (time.perf_counter() - t0)  # kills land before, during and after the swap
+    d = tmp_path / "d"
+    prepare(d, old_corpus)
+    old, new = snapshot(d), snapshot(want_new)
+    new["stats.json"] = new["stats.json"].replace(str(new_corpus).encode(), b"")
+    rng = random.Random(14)
+    states = []
+    for _ in range(4):
+        pid = os.fork()  # a child that already has everything imported: the kill lands inside prepare
+        if pid == 0:
+            try:
+                with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+                    prepare(d, new_corpus)
+            finally:
+                os._exit(0)
+        time.sleep(rng.uniform(0, span))
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        now = snapshot(d)
+        if "stats.json" in now:
+            now["stats.json"] = now["stats.json"].replace(str(new_corpus).encode(), b"")
+        assert now in (old, new)  # never a mix
+        states.append("new" if now == new else "old")
+        open_data(d)
+        if now == new:  # start again from the old one
+            prepare(d, old_corpus)
+    prepare(d, new_corpus)
+    assert siblings(d) == []
+
+
+def test_prepare_disk_full_on_a_real_small_file_system(tiny_corpus_dir, tmp_path, small_fs, capsys):
+    """A 1 MB tmpfs holds the tiny data dir, not a 1 MB language more: one-line error, exit 2, old data intact."""
+    big = tmp_path / "big"
+    shutil.copytree(tiny_corpus_dir, big)
+    (big / "xx.txt").write_text("abc defg hij klmn opq " * 50_000, encoding="utf-8")  # 1.1 MB
+    prepare(tmp_path / "d0", tiny_corpus_dir)
+    r = small_fs(f"""
+cp -a {tmp_path / "d0"} "$FS/d"
+(cd "$FS/d" && find . -type f | sort | xargs sha256sum) > {tmp_path}/before
+$PY -m nextchar prepare --corpus {big} --out "$FS/d" 2> {tmp_path}/err; echo $? > {tmp_path}/rc
+(cd "$FS/d" && find . -type f | sort | xargs sha256sum) > {tmp_path}/after
+ls -a "$FS" > {tmp_path}/ls
+""", size_kb=1024)
+    assert r.returncode == 0, r.stderr
+    err = (tmp_path / "err").read_text()
+    assert (tmp_path / "rc").read_text().strip() == "2"
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert re.match(r"error: \S+/fs/\.d\.prepare-\S+/\S+: no space left on device \(needs about [\d.]+ [MK]B, "
+                    r"[\d.]+ [KM]?B free there\); \S+/fs/d is as it was$", err.strip()), err
+    assert (tmp_path / "after").read_text() == (tmp_path / "before").read_text()
+    assert (tmp_path / "ls").read_text().split() == [".", "..", "d"]  # no staging folder left behind

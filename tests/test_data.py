@@ -219,7 +219,7 @@ def test_augmented_batches_type_like_people(tmp_path):
 
 NASTY = ["a", "b", "é", "e\u0301", "\u0301", " ", "  ", "\t", "\n", "\n\n", "\r\n", "\r", "\x85", "\u2028",
          "\u2029", "\u00a0", "\u3000", "\ufeff", "\x92", "\x1b", "ж", "日本", "\u1100", "\u1161", "\u11a8", "가",
-         "\U0001f600", "\x0b", "\x0c"]
+         "\U0001f600", "\x0b", "\x0c", "\u0301" * 35, "\u0316\u0301" * 12, "\u0f73" * 20, "\x01\u0301" * 20]
 BAD_BYTES = [b"\xff", b"\xc3", b"\xe2\x82", "\ufffd".encode()]
 
 
@@ -243,6 +243,20 @@ def test_stream_normalize_equals_normalize(tmp_path, chunk):
         p = tmp_path / f"{i}.txt"
         p.write_bytes(raw)
         assert "".join(stream_normalize([p], chunk)) == normalize(raw, str(p)), raw
+
+
+@pytest.mark.parametrize("chunk", [63, 64, 65, 1000])
+def test_stream_normalize_cuts_inside_endless_marks(tmp_path, chunk):
+    """A line that is one long run of marks (no safe cut anywhere) is still streamed piece by piece, equal to
+    the whole: each piece ends a run over 30 marks, and the next piece's marks are dropped."""
+    from nextchar import corpus
+
+    raw = ("a" + "\u0301\u0316" * 3000 + "\x01\u0301" * 50 + "\u1161" * 40 + "\u0f73" * 500 + " b").encode()
+    p = tmp_path / "marks.txt"
+    p.write_bytes(raw)
+    pieces = list(corpus.stream_normalize([p], chunk))
+    assert "".join(pieces) == corpus.normalize(raw, str(p))
+    assert len(pieces) > 1  # cut before the end of the line
 
 
 def test_stream_normalize_joins_files_as_paragraphs_and_checks_each(tmp_path):

@@ -13,8 +13,10 @@ import nextchar
 SRC = Path(nextchar.__file__).parent
 ROOT = SRC.parent.parent
 # What the engine may import from the package: the model, vocabulary, configs, files, its own modules.
+# runfiles: the checks on what a folder's JSON files hold, read where the engine reads them (torch-free, like files).
 ENGINE_MAY_IMPORT = {"nextchar.errors", "nextchar.files", "nextchar.runtime", "nextchar.vocab", "nextchar.config",
-                     "nextchar.model", "nextchar.checkpoint", "nextchar.ngram", "nextchar.models", "nextchar.counts"}
+                     "nextchar.model", "nextchar.checkpoint", "nextchar.ngram", "nextchar.models", "nextchar.counts",
+                     "nextchar.runfiles"}
 
 
 def module_name(path: Path) -> str:

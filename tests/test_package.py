@@ -4,10 +4,13 @@ import shutil
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
-from nextchar import engine
+from nextchar import engine, files
+from nextchar.cli import app
 from nextchar.engine.onnx_backend import OnnxPredictor
 from nextchar.engine.torch_backend import TorchPredictor
+from nextchar.errors import UserError
 from nextchar.evaluate import eval_run
 from nextchar.package import package_model
 
@@ -54,3 +57,60 @@ def test_onnx_form_runs_without_torch_and_matches_the_weights(evaluated_run, tmp
     moved = tmp_path / "moved"
     shutil.move(out, moved)  # the ONNX form travels with its folder
     np.testing.assert_allclose(engine.load(moved).dist(prefixes), auto.dist(prefixes), rtol=1e-6)
+
+
+def cli(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+# ---------------------------------------------------------------- package never loses anything (issue 14, fault 2)
+
+
+def _snapshot(d):
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def test_package_out_pointing_at_the_run_is_refused_and_the_run_kept(evaluated_run):
+    """The issue's example: `--out` = the run wiped the run. Also the folder holding it, and a folder inside it."""
+    run = evaluated_run
+    before = _snapshot(run)
+    for out, what in ((run, "is the run itself"), (run.parent, "holds the run"), (run / "pkg", "is inside the run")):
+        r = cli("package", "--run", run, "--out", out, "--force")
+        assert r.exit_code == 2 and r.output == f"error: {out}: --out {what}; package writes a new folder, give one " \
+                                                 f"outside {run}\n", r.output
+    assert _snapshot(run) == before
+
+
+def test_package_refuses_a_foreign_folder_unless_forced(evaluated_run, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    r = cli("package", "--run", evaluated_run, "--out", mine)
+    assert r.exit_code == 2 and "not empty and not a previous package (it holds 'notes.txt')" in r.output
+    assert r.output.count("\n") == 1 and (mine / "notes.txt").read_text() == "keep me"
+    f = tmp_path / "file"
+    f.write_text("x")
+    assert "is a file" in cli("package", "--run", evaluated_run, "--out", f).output and f.read_text() == "x"
+    assert cli("package", "--run", evaluated_run, "--out", mine, "--force").exit_code == 0
+    assert sorted(p.name for p in mine.iterdir()) == ["MODEL_CARD.md", "checkpoints", "config.json", "vocab.json"]
+    # a previous package is replaced without --force, as a whole (no file of the old one stays)
+    assert cli("package", "--run", evaluated_run, "--out", mine, "--half").exit_code == 0
+    assert "float16" in (mine / "MODEL_CARD.md").read_text()
+    assert len(list(mine.glob("checkpoints/step-*"))) == 1 and not [p for p in tmp_path.iterdir()
+                                                                     if p.name.startswith(".mine")]
+
+
+def test_failed_package_leaves_the_previous_one(evaluated_run, tmp_path, monkeypatch):
+    out = package_model(evaluated_run, tmp_path / "pkg")
+    before = _snapshot(out)
+    real = files.atomic_write_bytes
+
+    def fail_on_card(path, data):
+        if path.name == "MODEL_CARD.md":  # the last file: everything else is written
+            raise OSError(5, "Input/output error", str(path))
+        return real(path, data)
+
+    monkeypatch.setattr(files, "atomic_write_bytes", fail_on_card)
+    with pytest.raises(UserError, match=f"MODEL_CARD.md: cannot write \\(Input/output error\\); {out} is as it was"):
+        package_model(evaluated_run, out, half=True)
+    assert _snapshot(out) == before and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

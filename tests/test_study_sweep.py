@@ -136,7 +136,8 @@ def test_interrupted_point_resumes_from_its_checkpoint(tiny_data_dir, tmp_path, 
     with pytest.raises(KeyboardInterrupt):
         run_study(grid, tiny_data_dir, out, ngram=False, **{**ARGS, "progress": True})
     assert "run the same command again to resume" in capsys.readouterr().out
-    assert checkpoint.find(out / "modern-tiny-two", "latest").name == "step-0000002"
+    # (step 2 was saved twice, at its evaluation and on Ctrl-C: the second copy goes to a folder of its own)
+    assert checkpoint.load(checkpoint.find(out / "modern-tiny-two", "latest"))[2]["step"] == 2
     assert not (out / "modern-tiny-two/result.json").exists()
     with pytest.raises(UserError, match=r"train.lr: 0.003 -> 0.01"):  # a started point keeps its settings
         run_study(grid, tiny_data_dir, out, ngram=False, sets=["train.lr=0.01"], **ARGS)
@@ -183,3 +184,17 @@ def test_report_recommends_within_constraints(study, tmp_path):
     with pytest.raises(UserError, match="--max-params"):
         write_report(copy, max_params=0)
 
+
+
+def test_one_sweep_per_study_folder(tiny_data_dir, tmp_path):
+    """Two `study run` on one folder would train (or clear) the same point at once: the second is refused."""
+    import os
+
+    from nextchar import safefs
+
+    out = tmp_path / "st"
+    out.mkdir()
+    with safefs.RunLock(out / "study.lock", "nextchar study run"):
+        with pytest.raises(UserError, match=rf"study.lock: in use by pid {os.getpid()} on "):
+            run_study(write(tmp_path / "grid.toml", TINY_GRID), tiny_data_dir, out, ngram=False, **ARGS)
+    assert sorted(p.name for p in out.iterdir()) == []

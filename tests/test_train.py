@@ -1,6 +1,7 @@
 """Training loop: loss falls, exact resume (also after Ctrl-C), budgets, accumulation, speed accounting."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -168,3 +169,101 @@ def test_crash_resumes_from_the_last_evaluation(tiny_data_dir, tmp_path, fail_at
     a, b = weights(tmp_path / "straight"), weights(tmp_path / "crashed")
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+# ---------------------------------------------------------------- one writer per run, disk full (issue 14, faults 7, 8)
+
+
+def test_second_writer_is_refused_and_a_stale_lock_taken_over(tiny_data_dir, tmp_path, capsys):
+    import os
+    import subprocess
+    import sys
+
+    from nextchar import safefs
+
+    run = tmp_path / "run"
+    train(tiny_data_dir, run, tiny(max_steps=5), progress=False)
+    with safefs.RunLock(run / "train.lock", "nextchar train (the other one)"):
+        with pytest.raises(UserError, match=rf"^{run}/train.lock: in use by pid {os.getpid()} on {safefs.HOST} "
+                                            r"since .* \(nextchar train \(the other one\)\); wait"):
+            train(tiny_data_dir, run, tiny(max_steps=10), resume=True, progress=False)
+    assert not (run / "train.lock").exists()
+    # a crashed writer's lock (its pid is gone on this host) is taken over, with a note
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    (run / "train.lock").write_text(json.dumps({"pid": int(dead.stdout), "host": safefs.HOST}))
+    capsys.readouterr()
+    assert train(tiny_data_dir, run, tiny(max_steps=10), resume=True, progress=False)["steps"] == 10
+    assert f"was left by pid {int(dead.stdout)}, which is gone; taking it over" in capsys.readouterr().out
+    assert not (run / "train.lock").exists()
+    # another host's lock cannot be judged from here: refused
+    (run / "train.lock").write_text(json.dumps({"pid": 1, "host": "elsewhere.example"}))
+    with pytest.raises(UserError, match="in use by pid 1 on elsewhere.example"):
+        train(tiny_data_dir, run, tiny(max_steps=12), resume=True, progress=False)
+
+
+def test_two_real_trainings_on_one_run(tiny_data_dir, tmp_path):
+    """The issue's case: two `train --resume` of one --out at once; then the first is killed with -9."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from nextchar.cli import app
+
+    run = tmp_path / "run"
+    train(tiny_data_dir, run, tiny(max_steps=5), progress=False)
+    src = str(Path(checkpoint.__file__).parents[1])
+    first = subprocess.Popen([sys.executable, "-m", "nextchar", "train", "--data", str(tiny_data_dir), "--out",
+                              str(run), "--resume", "--max-steps", "100000", "--threads", "1"],
+                             env=dict(os.environ, PYTHONPATH=src), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        assert first.stdout.readline().startswith(b"resuming")  # it holds the lock from before this line
+        r = CliRunner().invoke(app, ["train", "--data", str(tiny_data_dir), "--out", str(run), "--resume",
+                                     "--max-steps", "20", "--threads", "1"])
+        assert r.exit_code == 2 and r.output.count("\n") == 1 and f"pid {first.pid}" in r.output, r.output
+        time.sleep(0.5)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    reached = checkpoint.load(checkpoint.find(run, "latest"))[2]["step"]  # where the killed one got to
+    r = CliRunner().invoke(app, ["train", "--data", str(tiny_data_dir), "--out", str(run), "--resume",
+                                 "--max-steps", str(reached + 5), "--threads", "1"])
+    assert r.exit_code == 0 and "taking it over" in r.output, r.output
+    assert checkpoint.read_json(run / "result.json")["steps"] == reached + 5
+
+
+def test_out_is_a_file(tiny_data_dir, tmp_path):
+    f = tmp_path / "F"
+    f.touch()
+    with pytest.raises(UserError, match=f"^{f}: is a file, not a run directory"):
+        train(tiny_data_dir, f, tiny(max_steps=2), progress=False)
+
+
+def test_disk_full_during_a_checkpoint_on_a_real_small_file_system(tiny_data_dir, tmp_path, small_fs):
+    """A 280 KB tmpfs holds the run and one checkpoint (160 KB), not a second one beside it: one-line error,
+    exit 2, the first checkpoint intact; with room again, --resume finishes the run."""
+    check = ("from nextchar import checkpoint; import sys; d = checkpoint.find(sys.argv[1]); "
+             "print(checkpoint.load(d)[2]['step'], sorted(p.name for p in d.parent.iterdir()))")
+    r = small_fs(f"""
+$PY -m nextchar train --data {tiny_data_dir} --out "$FS/run" --preset tiny --max-steps 12 --threads 1 \
+  > /dev/null 2> {tmp_path}/err; echo $? > {tmp_path}/rc
+$PY -c "{check}" "$FS/run" > {tmp_path}/after
+mount -o remount,size=4m "$FS"
+$PY -m nextchar train --data {tiny_data_dir} --out "$FS/run" --resume --threads 1 > {tmp_path}/resumed 2>&1
+echo $? >> {tmp_path}/resumed
+""", size_kb=280)
+    assert r.returncode == 0, r.stderr
+    err = (tmp_path / "err").read_text()
+    assert (tmp_path / "rc").read_text().strip() == "2" and "Traceback" not in err, err
+    assert re.fullmatch(r"error: \S+/fs/run/checkpoints/\.step-0000010\.tmp/\S+: no space left on device \(needs "
+                        r"about [\d.]+ KB, [\d.]+ [KB]+ free there\); the run's previous checkpoint is intact",
+                        err.splitlines()[-1]), err  # (the lines before are the progress bar's)
+    step, names = (tmp_path / "after").read_text().split(" ", 1)
+    assert step == "5" and eval(names) == ["best.json", "latest.json", "step-0000005"]  # no half-written folder
+    resumed = (tmp_path / "resumed").read_text()
+    assert "resuming" in resumed and "done: 12 steps" in resumed and resumed.split()[-1] == "0", resumed

@@ -25,6 +25,13 @@ def friendly(fn):
         except UserError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
+        except OSError as e:  # a full disk anywhere a command writes is the user's to fix, not a traceback
+            from nextchar.safefs import is_no_space, no_space_error
+
+            if not is_no_space(e):
+                raise
+            typer.echo(f"error: {no_space_error(e.filename or '(a file being written)')}", err=True)
+            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
@@ -298,11 +305,21 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     backend: Backend = "auto",
     threads: Annotated[int, typer.Option(help="CPU threads of the model (0 = all cores).")] = 1,
+    max_per_address: Annotated[int, typer.Option(help="Open connections per client address (0 = no bound; raise it behind a reverse proxy).")] = 256,
+    workers: Annotated[int, typer.Option(help="Server processes on the one port (each loads the model; sessions are shared).")] = 1,
+    sessions_db: Annotated[Path | None, typer.Option(help="SQLite file for the sessions' remembered text, shared by every server given it (default: in memory; a private temporary file with --workers).")] = None,
 ):
     """Serve predictions over HTTP (JSON API + the web keyboard page at /)."""
+    import dataclasses
+
+    from nextchar.serve import default_limits
     from nextchar.serve import serve as run_server
 
-    run_server(resolve_run(run), host=host, port=port, backend=backend, threads=threads)
+    if max_per_address < 0:
+        raise UserError(f"--max-per-address {max_per_address}: must be >= 0 (0 = no bound)")
+    limits = dataclasses.replace(default_limits(), per_address=max_per_address)
+    run_server(resolve_run(run), host=host, port=port, backend=backend, threads=threads, limits=limits,
+               workers=workers, sessions_db=sessions_db)
 
 
 @app.command()
@@ -349,12 +366,13 @@ def package(
     half: Annotated[bool, typer.Option("--half", help="Store the weights as float16 (half the size).")] = False,
     onnx: Annotated[bool, typer.Option("--onnx", help="Also write the model's ONNX form (OUT/onnx), which a torch-free install runs.")] = False,
     threads: Threads = 0,
+    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out that is not a previous package.")] = False,
 ):
     """Package a run's best weights with a model card (how the shipped default model is made)."""
     from nextchar.package import package_model
 
     threads_option(threads)
-    typer.echo(f"wrote {package_model(run, out, command, half, onnx)}")
+    typer.echo(f"wrote {package_model(run, out, command, half, onnx, force=force)}")
 
 
 def main() -> None:

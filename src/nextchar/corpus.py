@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import codecs
+import contextlib
+import functools
 import io
+import itertools
 import json
 import logging
 import os
@@ -20,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nextchar.data import SPLITS, atomic_write
+from nextchar import safefs
+from nextchar.data import SPLITS
 from nextchar.errors import UserError
 from nextchar.vocab import UNK, Vocab
 
@@ -62,13 +66,71 @@ def _control_fixes() -> dict[str, str]:
 
 _CONTROL_FIXES = _control_fixes()
 
+# Unicode's Stream-Safe Text Format (UAX #15, section 13) bounds a run of non-starters at 30: no real text needs more,
+# and normalization sorts each run by combining class in time quadratic in its length (CPython's NFC took 78 s on
+# one 640 KB line alternating U+0301/U+0316). Longer runs ("Zalgo" text, corrupt files) keep their first 30.
+MAX_MARKS = 30
+
+
+@functools.cache
+def _mark_table() -> np.ndarray:
+    """(0x110000,) bool: is the code point a mark, a character whose canonical decomposition is all non-starters
+    (combining class > 0): U+0301, and also U+0F73 (class 0, but it decomposes into two). Built once (~0.2 s) from
+    this Python's unicodedata, the tables its NFC uses."""
+    table = np.zeros(0x110000, dtype=bool)
+    # Marks live in planes 0, 1 and 14 from U+0300 on (planes 2-3 are ideographs, 4-13 unassigned, 15-16 private).
+    for cp in itertools.chain(range(0x300, 0x20000), range(0xE0000, 0xF0000)):
+        c = chr(cp)
+        if unicodedata.combining(c) or (unicodedata.decomposition(c)[:1] not in ("", "<")
+                                        and all(unicodedata.combining(x) for x in unicodedata.normalize("NFD", c))):
+            table[cp] = True
+    return table
+
+
+def _code_points(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")  # (len(text),)
+
+
+def _mark_runs(cps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, ends) of the maximal runs of marks in code points cps, each (runs,), ends exclusive."""
+    at = np.flatnonzero(_mark_table()[cps])  # (marks,) positions; few in ordinary text
+    gaps = np.flatnonzero(np.diff(at) != 1)  # (runs - 1,) last mark of each run but the final one
+    return at[np.r_[0, gaps + 1]] if len(at) else at, at[np.r_[gaps, len(at) - 1]] + 1 if len(at) else at
+
+
+def cap_marks(text: str, run: int = 0) -> tuple[str, int]:
+    """text with every run of marks (see _mark_table) cut to its first MAX_MARKS, and the number of marks the
+    result ends with (<= MAX_MARKS). run: the marks the text before this one ended with; capping the pieces of a
+    text in order, passing run along, equals capping the whole. Linear time (numpy over the code points)."""
+    if text.isascii():
+        return text, run if not text else 0  # (an empty piece leaves the run going)
+    cps = _code_points(text)  # (n,)
+    starts, ends = _mark_runs(cps)
+    if not len(starts):
+        return text, 0
+    budget = np.full(len(starts), MAX_MARKS)  # (runs,) marks each run may keep
+    if starts[0] == 0:
+        budget[0] = max(0, MAX_MARKS - run)  # the leading marks continue the previous piece's run
+    over = np.flatnonzero(ends - starts > budget)
+    if len(over):
+        keep = np.ones(len(cps), dtype=bool)  # (n,)
+        for i in over.tolist():
+            keep[starts[i] + budget[i]:ends[i]] = False
+        text = cps[keep].tobytes().decode("utf-32-le", "surrogatepass")
+    if ends[-1] != len(cps):
+        return text, 0
+    tail = int(min(ends[-1] - starts[-1], budget[-1]))
+    return text, tail + (run if starts[-1] == 0 else 0)
+
 
 def normalize(raw: bytes, name: str) -> str:
     """Clean text: UTF-8 (bad bytes -> U+FFFD, logged), NFC, one space per whitespace run, "\\n" between paragraphs.
 
     Paragraphs are separated by blank lines (whitespace-only lines count); single line breaks inside a paragraph
     become spaces. Also (beyond plain whitespace rules): C1 controls are read as Windows-1252, other
-    non-whitespace control characters and every U+FEFF are dropped. Raises UserError when raw looks binary.
+    non-whitespace control characters and every U+FEFF are dropped, and a run of more than MAX_MARKS combining
+    characters keeps its first MAX_MARKS (see cap_marks). Raises UserError when raw looks binary.
+    Time and memory are linear in len(raw) for any input.
     """
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise UserError(f"{name}: looks like UTF-16 text; save it as UTF-8")
@@ -83,9 +145,7 @@ def normalize(raw: bytes, name: str) -> str:
                             "expected UTF-8 text")
         log.warning("%s: replaced %d invalid UTF-8 byte sequence(s) with U+FFFD (is the file UTF-8?)", name, bad)
     text = text.removeprefix("\ufeff")
-    text = _NEWLINES.sub("\n", text)  # before the C1 fix-up: U+0085 is NEL here, not "…"
-    text = _CONTROLS.sub(lambda m: _CONTROL_FIXES.get(m.group(), ""), text)
-    text = unicodedata.normalize("NFC", text)
+    text, _ = _clean(text)
     paragraphs = (" ".join(p.split()) for p in _BLANK_LINE.split(text))
     return "\n".join(p for p in paragraphs if p)
 
@@ -338,29 +398,43 @@ def _cut_point(text: str) -> int:
 
     After the last "\\n" (never inside "\\r\\n"; nothing composes with a newline under NFC). Without one, before
     the last character that no canonical composition or reordering links to what precedes it: ASCII (not "\\n"),
-    else a starter that is neither a combining mark nor a Hangul jamo; never before a character that cleaning
-    deletes, since that would let its neighbours meet (and compose) only in the whole text.
+    else a starter that is neither a combining mark nor a Hangul jamo (within the last 4,096 characters); never
+    before a character that cleaning deletes, since that would let its neighbours meet (and compose) only in the
+    whole text. Failing those, at the end of the last run of over MAX_MARKS marks (maybe the end of text): the
+    part before ends with MAX_MARKS marks, so what follows composes with nothing before it, and cap_marks, given
+    the run count (see _clean), drops any marks the next part opens with; so even one endless line of marks is
+    cut into pieces.
     """
     i = text.rfind("\n") + 1
     if i:
         return i
+    rev = text[::-1]  # the last ASCII character that is kept, found from the end at C speed
+    m = _ASCII_KEPT.search(rev)
+    if m and m.start() < len(text) - 1:
+        return len(text) - 1 - m.start()
     lo = max(0, len(text) - 4096)
-    for j in range(len(text) - 1, lo, -1):
-        if ord(text[j]) < 0x80 and not _CONTROLS.match(text[j]):
-            return j
     for j in range(len(text) - 1, lo, -1):
         c, cp = text[j], ord(text[j])
         if not unicodedata.combining(c) and not unicodedata.category(c).startswith("M") \
                 and not any(a <= cp <= b for a, b in _JAMO) and not _CONTROLS.match(c):
             return j
-    return 0
+    if len(text) <= MAX_MARKS:
+        return 0
+    starts, ends = _mark_runs(_code_points(text))
+    long = np.flatnonzero(ends - starts > MAX_MARKS)  # runs cap_marks shortens
+    return int(ends[long[-1]]) if len(long) else 0
 
 
-def _clean(text: str) -> str:
-    """normalize()'s character-level steps (everything but the whitespace and paragraph rules)."""
+_ASCII_KEPT = re.compile("[\t-\r\x1c-\x7e]")  # ASCII that _CONTROLS leaves alone
+
+
+def _clean(text: str, run: int = 0) -> tuple[str, int]:
+    """normalize()'s character-level steps (everything but the whitespace and paragraph rules), and the marks
+    the result ends with before NFC (cap_marks' run: pass it to the next piece of the same text)."""
     text = _NEWLINES.sub("\n", text)
     text = _CONTROLS.sub(lambda m: _CONTROL_FIXES.get(m.group(), ""), text)
-    return unicodedata.normalize("NFC", text)
+    text, run = cap_marks(text, run)  # after the control deletions: they must not hide a run from the cap
+    return unicodedata.normalize("NFC", text), run
 
 
 class _Paragraphs:
@@ -417,7 +491,9 @@ def stream_normalize(files: list[Path], chunk_bytes: int | None = None) -> Itera
             para.next_file()
         name = str(path)
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        carry, tail = "", b""
+        pending: list[str] = []  # decoded text after the last cut (a list: a long uncut stretch is joined once)
+        run = 0  # marks the text cleaned so far ends with (cap_marks)
+        tail = b""
         n_raw = n_text = nuls = real_fffd = fffd = 0
         with _open(path) as f:
             while True:
@@ -447,14 +523,17 @@ def stream_normalize(files: list[Path], chunk_bytes: int | None = None) -> Itera
                     if bad:
                         log.warning("%s: replaced %d invalid UTF-8 byte sequence(s) with U+FFFD (is the file UTF-8?)",
                                     name, bad)
-                    out = para.feed(_clean(carry + text), final=True)
+                    out = para.feed(_clean("".join(pending) + text, run)[0], final=True)
                     if out:
                         yield out
                     break
-                text = carry + text
-                cut = _cut_point(text)
-                carry = text[cut:]
-                out = para.feed(_clean(text[:cut]))
+                cut = _cut_point(text)  # only the new text is searched: linear time however long the line
+                if not cut:
+                    pending.append(text)
+                    continue
+                cleaned, run = _clean("".join(pending) + text[:cut], run)
+                pending = [text[cut:]]
+                out = para.feed(cleaned)
                 if out:
                     yield out
 
@@ -496,7 +575,7 @@ def _write_normalized(files: list[Path], dest: Path, origin: Path) -> tuple[int,
     """Stream-normalize files into dest as uint32 code points; (characters, distinct characters)."""
     seen = np.zeros(0x110000, dtype=bool)
     n = 0
-    with open(dest, "wb") as f:
+    with _named_errors(dest), open(dest, "wb") as f:
         for piece in stream_normalize(files):
             cps = np.frombuffer(piece.encode("utf-32-le", "surrogatepass"), "<u4")
             seen[cps] = True
@@ -508,81 +587,143 @@ def _write_normalized(files: list[Path], dest: Path, origin: Path) -> tuple[int,
 
 
 def _write_encoded(dest: Path, cps: _CodePoints, a: int, b: int, vocab: Vocab) -> tuple[int, int]:
-    """Encode code points [a, b) with vocab into the token file dest, atomically; (tokens, unknown tokens)."""
-    tmp = dest.with_name(f".{dest.name}.tmp")
+    """Encode code points [a, b) with vocab into the token file dest; (tokens, unknown tokens)."""
     unk = 0
-    try:
-        with open(tmp, "wb") as f:
-            for block in cps.blocks(a, b):
-                ids = vocab.encode(block.tobytes().decode("utf-32-le", "surrogatepass")).astype(
-                    vocab.dtype.newbyteorder("<"), copy=False)
-                unk += int(np.count_nonzero(ids == UNK))
-                f.write(ids.tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except OSError as e:
-        raise UserError(f"{dest}: cannot write ({e.strerror})") from None
-    finally:
-        tmp.unlink(missing_ok=True)
+    with _named_errors(dest), open(dest, "wb") as f:
+        for block in cps.blocks(a, b):
+            ids = vocab.encode(block.tobytes().decode("utf-32-le", "surrogatepass")).astype(
+                vocab.dtype.newbyteorder("<"), copy=False)
+            unk += int(np.count_nonzero(ids == UNK))
+            f.write(ids.tobytes())
+        f.flush()
+        os.fsync(f.fileno())
     return b - a, unk
+
+
+@contextlib.contextmanager
+def _named_errors(path: Path) -> Iterator[None]:
+    """Give write errors (a full disk raises OSError without a file name) the file they happened in."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None:
+            raise OSError(e.errno, e.strerror, str(path)) from None
+        raise
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    with _named_errors(path), open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+DATA_FILES = ("stats.json", "vocab.json")
+
+
+def _check_replaceable(out: Path) -> None:
+    """prepare replaces out as a whole: refuse a file, or a folder holding anything but a previous data dir."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise UserError(f"{out}: cannot create data dir (a file is in the way)")
+    try:
+        entries = sorted(out.iterdir())
+    except OSError as e:
+        raise UserError(f"{out}: cannot list ({e.strerror})") from None
+    if not entries:
+        return
+    names = {p.name for p in entries}
+
+    def ours(p: Path) -> bool:
+        if p.name.startswith(".") or p.name in DATA_FILES:
+            return True  # leftovers of an older nextchar, and the data files themselves
+        return p.is_dir() and not p.is_symlink() and all(
+            f.name.startswith(".") or f.name in {f"{s}.bin" for s in SPLITS} for f in p.iterdir())
+
+    foreign = [p for p in entries if not ours(p)]
+    if not names & set(DATA_FILES) or foreign:
+        what = (foreign or entries)[0].name
+        raise UserError(f"{out}: not empty and not a data dir from `nextchar prepare` (it holds {what!r}); "
+                        "prepare replaces --out as a whole, so give a new or empty folder")
 
 
 def prepare(out: str | Path, corpus: str | Path | None = None, min_count: int = 2) -> dict:
     """Normalize, split, build the vocab on train, encode and write the data dir; returns stats.json's dict.
 
-    Streams: each language is normalized chunk by chunk into a temporary file of code points inside out/, the
-    vocabulary is counted from the train parts, then each split is encoded block by block. Memory stays bounded
-    whatever the corpus size (the temporary files take 4 bytes per character until their language is encoded);
-    the result is identical to normalizing whole files in memory.
+    Streams: each language is normalized chunk by chunk into a temporary file of code points, the vocabulary is
+    counted from the train parts, then each split is encoded block by block. Memory stays bounded whatever the
+    corpus size (the temporary files take 4 bytes per character until their language is encoded); the result
+    is identical to normalizing whole files in memory.
+
+    Crash-safe: everything is written into a private folder beside out (safefs.staging_dir) that replaces out
+    in one rename at the end, so out is at every instant the previous data dir, whole, or the new one; a failed
+    or killed prepare changes nothing in it, and the next prepare removes a killed one's folder. Raises
+    UserError when out holds anything but a previous data dir, and on a full disk (naming the file, the space
+    needed and the space free).
     """
     t0 = time.perf_counter()
     out = Path(out)
+    if out.is_symlink():
+        out = out.resolve()  # replace the folder the link names, keep the link
     if corpus is None:
         sources, source = dasher_sources(), "dasher"
     else:
         sources, source = corpus_sources(corpus), str(Path(corpus).resolve())
-    created = not out.exists()
+    _check_replaceable(out)
+    # Peak use beside out: 4 bytes per character for the normalized text of every language, plus the token
+    # files (2 or 4 bytes per character); a character is at least one input byte, so this bounds it.
+    in_bytes = sum(f.stat().st_size for files in sources.values() for f in files)
+    need = 6 * in_bytes
+    missing = next((p for p in [out.parent, *out.parent.parents][::-1] if not p.exists()), None)
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(dir=out, prefix=".prepare-"))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        work = safefs.staging_dir(out, "prepare")
     except OSError as e:
+        if safefs.is_no_space(e):
+            raise safefs.no_space_error(out, need) from None
         raise UserError(f"{out}: cannot create data dir ({e.strerror or e})") from None
+    norm = work / ".normalized"
     try:
+        norm.mkdir()
         texts: dict[str, tuple[_CodePoints, int, int]] = {}
         distinct: dict[str, int] = {}
         hist = np.zeros(0x110000, dtype=np.int64)  # train-part character counts, all languages
         for lang, files in sorted(sources.items()):
             origin = files[0] if len(files) == 1 else files[0].parent
-            n, distinct[lang] = _write_normalized(files, work / f"{lang}.u32", origin)
-            cps = _CodePoints(work / f"{lang}.u32")
+            n, distinct[lang] = _write_normalized(files, norm / f"{lang}.u32", origin)
+            cps = _CodePoints(norm / f"{lang}.u32")
             cut1, cut2 = split_cuts(n, cps.text)
             for block in cps.blocks(0, cut1):
                 hist += np.bincount(block, minlength=0x110000)
             texts[lang] = (cps, cut1, cut2)
         vocab = Vocab.build(Counter({chr(cp): int(hist[cp]) for cp in np.flatnonzero(hist)}), min_count=min_count)
+        need = sum(c.n for c, _, _ in texts.values()) * vocab.dtype.itemsize  # what is left to write
         languages = {}
         for lang, (cps, cut1, cut2) in texts.items():
-            try:
-                (out / lang).mkdir(exist_ok=True)
-            except OSError as e:
-                raise UserError(f"{out / lang}: cannot create ({e.strerror or e})") from None
+            (work / lang).mkdir()
             entry = {}
             for split, (a, b) in zip(SPLITS, ((0, cut1), (cut1, cut2), (cut2, cps.n))):
-                entry[split], entry[f"unk_{split}"] = _write_encoded(out / lang / f"{split}.bin", cps, a, b, vocab)
+                entry[split], entry[f"unk_{split}"] = _write_encoded(work / lang / f"{split}.bin", cps, a, b, vocab)
             languages[lang] = {k: entry[k] for k in ("train", "dev", "test", "unk_train", "unk_dev", "unk_test")}
             cps.path.unlink()  # free the disk as soon as a language is written
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        if created:
-            shutil.rmtree(out, ignore_errors=True)  # a failed first prepare leaves nothing behind
+            need -= cps.n * vocab.dtype.itemsize
+        norm.rmdir()
+        stats = {"source": source, "dtype": vocab.dtype.name, "vocab_size": vocab.size, "vocab_hash": vocab.hash,
+                 "min_count": min_count, "languages": languages}
+        _write_file(work / "vocab.json", json.dumps(vocab.to_dict(), ensure_ascii=False, indent=0).encode("utf-8"))
+        _write_file(work / "stats.json", (json.dumps(stats, ensure_ascii=False, indent=1) + "\n").encode("utf-8"))
+        safefs.replace_dir(work, out)
+    except BaseException as e:
+        safefs.rmtree(work)
+        if missing is not None:
+            safefs.rmtree(missing)  # a failed first prepare leaves nothing behind
+        if safefs.is_no_space(e):
+            kept = f"{out} is as it was" if out.exists() else f"nothing was written to {out}"
+            raise safefs.no_space_error(Path(e.filename or work), need, kept) from None
+        if isinstance(e, OSError):
+            raise UserError(f"{e.filename or out}: cannot write ({e.strerror or e}); {out} is as it was") from None
         raise
-    shutil.rmtree(work, ignore_errors=True)
-    vocab.save(out / "vocab.json")
-    stats = {"source": source, "dtype": vocab.dtype.name, "vocab_size": vocab.size, "vocab_hash": vocab.hash,
-             "min_count": min_count, "languages": languages}
-    # stats.json last: it is what open_data() trusts, so it only ever describes files already in place.
-    atomic_write(out / "stats.json", (json.dumps(stats, ensure_ascii=False, indent=1) + "\n").encode("utf-8"))
     print(summary_table(stats, distinct))
     print(f"vocab: {vocab.size} tokens (min_count {min_count}, hash {vocab.hash}); wrote {out} "
           f"in {time.perf_counter() - t0:.1f}s")

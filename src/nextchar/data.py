@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import unicodedata
 import weakref
 from dataclasses import dataclass, field
@@ -123,7 +124,9 @@ def _stats_problem(stats) -> str | None:
     if not isinstance(langs, dict) or not langs:
         return "'languages' is empty or not an object"
     for lang, counts in langs.items():
-        if not isinstance(counts, dict) or not all(isinstance(counts.get(s), int) for s in SPLITS):
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", lang):
+            return f"language label {lang!r} is not a folder name (letters, digits, - and _)"
+        if not isinstance(counts, dict) or not all(type(counts.get(s)) is int and counts[s] >= 0 for s in SPLITS):
             return f"language {lang!r} lacks integer train/dev/test counts"
     return None
 

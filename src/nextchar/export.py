@@ -12,8 +12,6 @@ reads it is nextchar.engine.onnx_backend.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import warnings
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from nextchar import runfiles, safefs
 from nextchar.engine.base import START, Predictor, rank
 from nextchar.engine.folder import data_dir, describe, write_description
 from nextchar.engine.onnx_backend import OnnxPredictor, cache_names
@@ -324,9 +323,11 @@ def export(run: str | Path, out: str | Path, fmt: str = "onnx", int8: bool = Fal
     if ds is not None and ds.vocab.hash != vocab.hash:
         ds = None
 
-    tmp = out.parent / f".{out.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = safefs.staging_dir(out, "export")  # a private folder beside out: two exports never share one
+    except OSError as e:
+        raise UserError(f"{out}: cannot create ({e.strerror or e})") from None
     try:
         write_graphs(ref.model, tmp)
         files = {name: FILES[name] for name in GRAPHS}
@@ -337,7 +338,7 @@ def export(run: str | Path, out: str | Path, fmt: str = "onnx", int8: bool = Fal
         shared = share_weights(tmp, list(files.values()))
         atomic_write_bytes(tmp / "vocab.json", (run / "vocab.json").read_bytes())
         ck = ref.checkpoint
-        state = read_json(ck / "state.json", "checkpoint state")
+        state = runfiles.checkpoint_state(ck / "state.json", read_json(ck / "state.json", "checkpoint state"))
         meta = {
             "export": {"format": fmt, "version": EXPORT_VERSION, "opset": OPSET, "files": files, "weights": WEIGHTS,
                        "weights_bytes": shared["bytes"]},
@@ -366,9 +367,11 @@ def export(run: str | Path, out: str | Path, fmt: str = "onnx", int8: bool = Fal
         write_description(tmp, meta)
         for f in tmp.iterdir():
             f.chmod(0o644)  # atomic writes create private temp files; an export is meant to be shipped
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        safefs.replace_dir(tmp, out)  # out is at every instant the old export, whole, or the new one
+    except BaseException as e:
+        safefs.rmtree(tmp)
+        if safefs.is_no_space(e):
+            raise safefs.no_space_error(Path(e.filename or tmp), None, f"{out} is as it was") from None
         raise
     meta["out"] = str(out)
     return meta
@@ -378,16 +381,6 @@ def _random_prefixes(vocab: Vocab, n: int) -> list[str]:
     rng = np.random.default_rng(0)
     chars = [c for i, c in enumerate(vocab.chars) if not vocab.is_special(i)]
     return ["".join(rng.choice(chars, size=int(rng.integers(0, 200)))) for _ in range(n)]
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move a finished folder into place; an older export there is removed only once the new one is in."""
-    old = dst.parent / f".{dst.name}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if dst.exists():
-        os.replace(dst, old)
-    os.replace(src, dst)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def format_summary(res: dict) -> str:

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from nextchar import safefs
 from nextchar.errors import UserError
 
 _UMASK = os.umask(0)
@@ -26,6 +27,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:
+        if safefs.is_no_space(e):
+            raise safefs.no_space_error(path, len(data)) from None
         raise UserError(f"{path}: cannot write ({e.strerror})") from None
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode a plain open() would
@@ -36,6 +39,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         os.replace(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if safefs.is_no_space(e):  # one line with the space needed, not "cannot write (No space left...)"
+            raise safefs.no_space_error(path, len(data)) from None
         if isinstance(e, OSError):
             raise UserError(f"{path}: cannot write ({e.strerror})") from None
         raise

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nextchar import engine
+from nextchar import engine, safefs
 from nextchar.data import eval_positions, open_data
 from nextchar.engine.folder import component_path, data_dir, describe, write_description
 from nextchar.errors import UserError
@@ -49,11 +49,16 @@ def make_mixture(transformer: str | Path, ngram: str | Path, out: str | Path, da
     a, b = engine.load(transformer), engine.load(ngram)
     ds = open_data(data_dir(describe(engine.resolve(transformer)), data))
     w, scores = tune_weight(a, b, ds, positions)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: is a file, not a run directory (use another --out)")
     out.mkdir(parents=True, exist_ok=True)
-    a.vocab.save(out / "vocab.json")
-    cfg = {"model_type": "mixture", "components": [component_path(transformer, out), component_path(ngram, out)],
-           "weight": w, "data": str(Path(ds.path).resolve()), "vocab_hash": a.vocab.hash,
-           "dev_ce_by_weight": {str(k): v for k, v in scores.items()}}
-    write_description(out, cfg)
+    with safefs.locked(out / "train.lock", "nextchar mix"):  # one writer per run directory
+        if (out / "config.json").exists():
+            raise UserError(f"{out}: already holds a run (use another --out)")
+        a.vocab.save(out / "vocab.json")
+        cfg = {"model_type": "mixture", "components": [component_path(transformer, out), component_path(ngram, out)],
+               "weight": w, "data": str(Path(ds.path).resolve()), "vocab_hash": a.vocab.hash,
+               "dev_ce_by_weight": {str(k): v for k, v in scores.items()}}
+        write_description(out, cfg)
     print(f"weight of {transformer}: {w:.2f} (macro dev {scores[w] / math.log(2):.3f} bpc); wrote {out}")
     return cfg

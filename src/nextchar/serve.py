@@ -31,13 +31,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from nextchar import engine, keyboard
 from nextchar.adapt import MAX_SESSIONS, MAX_TEXT, WEIGHTS, AdaptiveSession, SessionStore, Weights
 from nextchar.complete import Completer
+from nextchar.connguard import Guard, Limits, guarded_protocol
 from nextchar.engine.base import Predictor, rank
 from nextchar.errors import UserError
 
 MAX_BODY = 64 * 1024  # bytes of request body; a prefix longer than this is useless to any model anyway
 MAX_K = 10
 MAX_BATCH = 1000  # prefixes per batch request
-BATCH_ROWS = 512  # most prefixes one model call takes; bounds the memory of a forward pass
+BATCH_ROWS = 512  # most prefixes one batch of requests takes
+# Rows per forward pass: a window of 64 is 64 positions, and past a few dozen rows a pass costs as much per row
+# (the default model: 4.2 ms/row at 8 rows, 4.0 at 32, 6.6 at 128 on this project's CPU), while its activations
+# grow with the rows; 64 keeps a pass's memory near 10 MB.
+FORWARD_ROWS = 64
 STATIC = Path(__file__).parent / "static"
 log = logging.getLogger("nextchar.serve")
 
@@ -149,6 +154,26 @@ class Job:
     session: AdaptiveSession | None
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
     work: Callable[[], Any] | None = None  # run alone on the model thread instead (word completion)
+    loop: asyncio.AbstractEventLoop | None = None  # the event loop of an async caller, and its future
+    waiter: asyncio.Future | None = None
+
+
+def _malloc_trim() -> Callable[[], Any]:
+    """glibc's malloc_trim(0), or a no-op elsewhere. Batches of a few hundred rows allocate and free tens of MB
+    of activations from three threads; glibc keeps freed memory in its arenas, and a 10-minute run at 200
+    clients grew the server from 275 to 695 MB, of which malloc_trim gave back 240 MB: it was free, not leaked."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return lambda: None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return lambda: trim(0)
+
+
+TRIM_EVERY = 1.0  # seconds between malloc_trim calls on the model thread (each takes about a millisecond)
 
 
 class Batcher:
@@ -166,6 +191,7 @@ class Batcher:
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._trim, self._trimmed = _malloc_trim(), time.monotonic()
 
     def submit(self, prefixes: list[str], k: int, session: AdaptiveSession | None = None
                ) -> concurrent.futures.Future:
@@ -185,8 +211,42 @@ class Batcher:
             if self._thread is None:  # started on first use, so an app built without a server costs nothing
                 self._thread = threading.Thread(target=self._run, name="nextchar-model", daemon=True)
                 self._thread.start()
+        try:
+            job.loop = asyncio.get_running_loop()
+        except RuntimeError:
+            job.loop = None
+        if job.loop is not None:
+            # An async caller gets an asyncio future (asyncio.wrap_future passes it through), resolved with the
+            # rest of its batch in one call on the loop: one wake-up of the event loop per batch, where a
+            # wrapped concurrent future costs one per request (12% of the server's CPU in a 32-client profile).
+            job.waiter = job.loop.create_future()
+            job.waiter.add_done_callback(lambda w: w.cancelled() and job.future.cancel())
         self._jobs.put(job)
-        return job.future
+        return job.waiter if job.waiter is not None else job.future  # type: ignore[return-value]
+
+    @staticmethod
+    def _deliver(jobs: list[Job]) -> None:
+        """Hand the finished jobs' results to their async callers: one call_soon_threadsafe per event loop."""
+        loops: dict[asyncio.AbstractEventLoop, list[Job]] = {}
+        for j in jobs:
+            if j.loop is not None:
+                loops.setdefault(j.loop, []).append(j)
+        for loop, js in loops.items():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits any more
+                loop.call_soon_threadsafe(Batcher._resolve, js)
+
+    @staticmethod
+    def _resolve(jobs: list[Job]) -> None:
+        for j in jobs:
+            w = j.waiter
+            if w is None or w.done():
+                continue
+            if j.future.cancelled():
+                w.cancel()
+            elif j.future.exception() is not None:
+                w.set_exception(j.future.exception())
+            else:
+                w.set_result(j.future.result())
 
     def close(self) -> None:
         with self._lock:
@@ -197,11 +257,15 @@ class Batcher:
 
     def _run(self) -> None:
         while True:
+            if time.monotonic() - self._trimmed > TRIM_EVERY:
+                self._trim()  # hand the last batches' freed memory back to the system
+                self._trimmed = time.monotonic()
             job = self._jobs.get()
             if job is None:
                 return
             if job.work is not None:
                 self._work(job)
+                self._deliver([job])
                 continue
             jobs, rows, later = [job], len(job.prefixes), []
             while rows < self.max_rows:
@@ -221,25 +285,41 @@ class Batcher:
             jobs = [j for j in jobs if j.future.set_running_or_notify_cancel()]
             prefixes = [p for j in jobs for p in j.prefixes]
             try:
-                probs = np.concatenate([self.pred.dist(prefixes[i:i + self.max_rows])
-                                        for i in range(0, len(prefixes), self.max_rows)])  # (N, V)
+                probs = np.concatenate([self.pred.dist(prefixes[i:i + FORWARD_ROWS])
+                                        for i in range(0, len(prefixes), FORWARD_ROWS)])  # (N, V)
             except BaseException as e:  # noqa: BLE001 - handed to every waiting request, never lost
                 for j in jobs:
                     j.future.set_exception(e)
+                self._deliver(jobs + later)
+                for j in later:
+                    self._work(j)
+                self._deliver(later)
                 continue
-            i = 0
+            # Sessions mix their own cache into their rows; then one ranking for the whole batch at the largest
+            # k (a row's best k are the first k of its best kmax: the order is by probability, then id).
+            probs = probs.astype(np.float64)  # (N, V) session mixtures are float64: rank them as they are
+            i, ok_jobs = 0, []
             for j in jobs:
-                mine = probs[i:i + len(j.prefixes)]  # (n, V)
-                i += len(j.prefixes)
+                n = len(j.prefixes)
                 try:
                     if j.session is not None:
-                        mine = j.session.dist_batch(j.prefixes, mine)
-                    ranked = rank(mine, self.ok, self.pred.vocab.chars, j.k)
-                    j.future.set_result([[{"char": c, "prob": round(p, 6)} for c, p in r] for r in ranked])
+                        probs[i:i + n] = j.session.dist_batch(j.prefixes, probs[i:i + n])
+                    ok_jobs.append((j, i))
                 except BaseException as e:  # noqa: BLE001
                     j.future.set_exception(e)
+                i += n
+            try:
+                ranked = rank(probs, self.ok, self.pred.vocab.chars, max(j.k for j in jobs)) if ok_jobs else []
+                for j, i in ok_jobs:
+                    j.future.set_result([[{"char": c, "prob": round(p, 6)} for c, p in r[:j.k]]
+                                         for r in ranked[i:i + len(j.prefixes)]])
+            except BaseException as e:  # noqa: BLE001
+                for j, _ in ok_jobs:
+                    j.future.set_exception(e)
+            self._deliver(jobs)
             for j in later:
                 self._work(j)
+            self._deliver(later)
 
     @staticmethod
     def _work(job: Job) -> None:
@@ -353,11 +433,20 @@ class BodyLimit:
 
 def create_app(predictor: Predictor | str | Path, backend: str = "auto", max_sessions: int = MAX_SESSIONS,
                max_text: int = MAX_TEXT, weights: Weights = WEIGHTS, max_body: int = MAX_BODY,
-               threads: int | None = None) -> FastAPI:
-    """The FastAPI app for a loaded Predictor, or a folder or model name (engine.load with backend, threads)."""
+               threads: int | None = None, sessions_db: str | Path | None = None) -> FastAPI:
+    """The FastAPI app for a loaded Predictor, or a folder or model name (engine.load with backend, threads).
+
+    sessions_db: an SQLite file holding the sessions' remembered text, shared by every server process that is
+    given the same file (see sharedsessions); None keeps them in this process's memory."""
     pred = (predictor if isinstance(predictor, Predictor)
             else engine.load(predictor, backend=backend, threads=threads))
-    sessions = SessionStore(pred, max_sessions=max_sessions, max_text=max_text, weights=weights)
+    if sessions_db is not None:
+        from nextchar.sharedsessions import SharedSessionStore
+
+        sessions: Any = SharedSessionStore(pred, sessions_db, max_sessions=max_sessions, max_text=max_text,
+                                           weights=weights)
+    else:
+        sessions = SessionStore(pred, max_sessions=max_sessions, max_text=max_text, weights=weights)
     batcher = Batcher(pred)
     completer = Completer(pred)  # used on the model thread only; its memo holds recent prefixes' windows
 
@@ -472,33 +561,166 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def default_limits() -> Limits:
+    """The connection guard's bounds for this process: max_connections below the open-file limit (raised to its
+    hard ceiling first), so accepting never fails for want of a file descriptor."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 8192 if hard == resource.RLIM_INFINITY else min(8192, hard)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+    room = 4096 if soft == resource.RLIM_INFINITY else max(64, soft - 128)  # model files, logs, the listener
+    return Limits(max_connections=min(4096, room))
+
+
+def server_config(app: FastAPI, limits: Limits | None = None, **options: Any) -> Any:
+    """uvicorn's Config for a nextchar app: uvicorn's own HTTP protocol with the connection guard (connguard:
+    deadlines for silent and slow clients, connections per address and in all), and no limit_concurrency, whose
+    503 counted idle connections. The guard is app.state.guard (its counters say what it closed)."""
+    import uvicorn
+    from uvicorn.config import HTTP_PROTOCOLS
+    from uvicorn.importer import import_from_string
+
+    guard = Guard(limits or default_limits())
+    app.state.guard = guard
+    base = import_from_string(HTTP_PROTOCOLS["auto"])  # httptools when installed, else h11
+    settings = dict(log_level="warning", access_log=False, timeout_keep_alive=30, limit_concurrency=None,
+                    backlog=2048)
+    return uvicorn.Config(app, http=guarded_protocol(base, guard), **{**settings, **options})
+
+
 def serve(run_path: str | Path, host: str = "127.0.0.1", port: int = 8000, backend: str = "auto",
-          threads: int | None = None) -> None:
-    """`nextchar serve`: load the run, listen, and serve until Ctrl-C."""
+          threads: int | None = None, limits: Limits | None = None, workers: int = 1,
+          sessions_db: str | Path | None = None) -> None:
+    """`nextchar serve`: load the run, listen, and serve until Ctrl-C.
+
+    workers > 1 forks that many server processes on one listening socket (the kernel spreads connections
+    among them), each with its own model and connection guard, sharing the sessions through an SQLite file
+    (sessions_db, or a private temporary one); a worker that dies is started again."""
     import uvicorn
 
+    if workers < 1:
+        raise UserError(f"--workers {workers}: must be at least 1")
     sock = bind(host, port)  # before loading, so a taken port fails fast
+    shown = sock.getsockname()
+    url_host = f"[{shown[0]}]" if ":" in shown[0] else shown[0]
+    if workers > 1:
+        _serve_workers(sock, f"http://{url_host}:{shown[1]}/", run_path, backend, threads, limits, workers,
+                       sessions_db)
+        return
     try:
-        app = create_app(run_path, backend=backend, threads=threads)
+        app = create_app(run_path, backend=backend, threads=threads, sessions_db=sessions_db)
     except BaseException:
         sock.close()
         raise
-    shown = sock.getsockname()
-    url_host = f"[{shown[0]}]" if ":" in shown[0] else shown[0]
     # the exact line tests and benchmarks wait for (port 0 picks a free one, and this says which)
     print(f"nextchar: serving {app.state.predictor.run_id} at http://{url_host}:{shown[1]}/ (API docs at /docs)",
           flush=True)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_keep_alive=30,
-                            limit_concurrency=2048)
-    uvicorn.Server(config).run(sockets=[sock])
+    uvicorn.Server(server_config(app, limits)).run(sockets=[sock])
+
+
+def _serve_workers(sock: socket.socket, url: str, run_path: str | Path, backend: str, threads: int | None,
+                   limits: Limits | None, workers: int, sessions_db: str | Path | None) -> None:
+    """Fork `workers` uvicorn servers on sock; restart any that dies; stop them all on Ctrl-C or SIGTERM.
+
+    The parent never loads the model (a torch process's threads must not cross a fork): each worker does, and
+    tells the parent through a pipe that it is ready, or why it cannot start (that error is raised here)."""
+    import os
+    import shutil
+    import signal
+    import tempfile
+
+    import uvicorn
+
+    own_db = sessions_db is None
+    if own_db:
+        sessions_db = Path(tempfile.mkdtemp(prefix="nextchar-sessions-")) / "sessions.db"
+    children: dict[int, float] = {}
+    stopping = False
+
+    def start() -> int:
+        """Fork one worker; returns the read end of its ready pipe."""
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            code = 1
+            try:
+                try:
+                    app = create_app(run_path, backend=backend, threads=threads, sessions_db=sessions_db)
+                except UserError as e:
+                    os.write(w, f"error {e}".encode("utf-8", "replace"))
+                    raise
+                os.write(w, f"ok {app.state.predictor.run_id}".encode("utf-8", "replace"))
+                os.close(w)
+                uvicorn.Server(server_config(app, limits)).run(sockets=[sock])
+                code = 0
+            except BaseException:  # noqa: BLE001 - reported, then this worker exits (and is replaced)
+                log.exception("worker %d failed", os.getpid())
+            os._exit(code)
+        os.close(w)
+        children[pid] = time.monotonic()
+        return r
+
+    def ready(r: int) -> str:
+        with os.fdopen(r, "rb") as f:
+            msg = f.read().decode("utf-8", "replace")
+        if not msg.startswith("ok "):
+            raise UserError(msg.removeprefix("error ") or "a server worker could not start (see the log above)")
+        return msg[3:]
+
+    def stop(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        run_id = ready(start())  # the first one alone: a bad run fails here, once
+        for r in [start() for _ in range(workers - 1)]:
+            ready(r)
+        print(f"nextchar: serving {run_id} at {url} (API docs at /docs) with {workers} workers", flush=True)
+        while children:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                break
+            born = children.pop(pid, None)
+            if born is None or stopping:
+                continue
+            log.warning("worker %d exited (status %d); starting another", pid, status)
+            if time.monotonic() - born < 5:
+                time.sleep(1)  # a worker that dies at once would otherwise be restarted in a tight loop
+            with contextlib.suppress(UserError):
+                ready(start())
+    finally:
+        stop(0, None)
+        for pid in list(children):
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        for s, h in old.items():
+            signal.signal(s, h)
+        sock.close()
+        if own_db:
+            shutil.rmtree(Path(sessions_db).parent, ignore_errors=True)
 
 
 @contextlib.contextmanager
 def server_process(run: str | Path, host: str = "127.0.0.1", port: int = 0, backend: str = "auto",
-                   threads: int = 1, timeout: float = 120.0) -> Iterator[str]:
+                   threads: int = 1, timeout: float = 120.0, workers: int = 1,
+                   sessions_db: str | Path | None = None) -> Iterator[str]:
     """Run `nextchar serve` in a subprocess (port 0: a free one); yield its base URL; stop it on exit."""
     cmd = [sys.executable, "-m", "nextchar", "serve", "--run", str(run), "--host", host, "--port", str(port),
-           "--backend", backend, "--threads", str(threads)]
+           "--backend", backend, "--threads", str(threads), "--workers", str(workers)]
+    if sessions_db is not None:
+        cmd += ["--sessions-db", str(sessions_db)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, encoding="utf-8",
                             errors="replace")
     lines: list[str] = []

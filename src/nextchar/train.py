@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from nextchar import checkpoint, files
+from nextchar import checkpoint, files, runfiles, safefs
 from nextchar.config import RunConfig, TrainConfig, parse_grow, replace
 from nextchar.data import BatchSampler, DataSet, open_data
 from nextchar.engine.folder import write_description
@@ -226,7 +226,7 @@ def prepare_run_dir(out: Path, cfg: RunConfig, ds: DataSet, resume: bool, preset
     if cfg_path.exists():
         if not resume:
             raise UserError(f"{out}: run directory already holds a run (use --resume, or another --out)")
-        old = files.read_json(cfg_path, "run config")
+        old = runfiles.run_config(out)
         if old.get("vocab_hash") != ds.vocab.hash:
             raise UserError(f"{out}: run was trained with another vocabulary ({old.get('vocab_hash')}) than "
                             f"{ds.path} ({ds.vocab.hash})")
@@ -251,10 +251,48 @@ def train(data: str | Path, out: str | Path, cfg: RunConfig, resume: bool = Fals
     device = resolve_device(cfg.train.device)
     created = setup_distributed(device)
     try:
-        return _train(data, Path(out), cfg, device, resume, preset, progress)
+        with run_lock(Path(out)):
+            return _train(data, Path(out), cfg, device, resume, preset, progress)
     finally:
         if created:
             dist.destroy_process_group()
+
+
+LOCK_NAME = "train.lock"
+
+
+@contextlib.contextmanager
+def run_lock(out: Path):
+    """Hold out/train.lock (pid, host, command) while training: a second writer on the same run gets a one-line
+    UserError instead of racing on its checkpoints; a lock left by a crashed or killed run (its pid gone on this
+    host) is taken over. Collective under DDP: rank 0 holds it and every rank raises if it could not."""
+    lock, err, made = None, None, False
+    if is_main():
+        try:
+            if out.exists() and not out.is_dir():
+                raise UserError(f"{out}: is a file, not a run directory (give another --out)")
+            made = not out.exists()
+            out.mkdir(parents=True, exist_ok=True)
+            lock = safefs.RunLock(out / LOCK_NAME, "nextchar " + " ".join(sys.argv[1:])[:300])
+            lock.acquire()
+            if lock.took_over:
+                print0(f"note: {out / LOCK_NAME} was left by pid {lock.took_over.get('pid')}, which is gone; "
+                       "taking it over")
+        except UserError as e:
+            err, lock = str(e), None
+        except OSError as e:
+            err, lock = f"{out}: cannot create run directory ({e.strerror or e})", None
+    errors = [e for e in gather(err) if e]
+    if errors:
+        raise UserError(errors[0])
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+            if made:
+                with contextlib.suppress(OSError):
+                    out.rmdir()  # a run that failed before writing anything leaves no empty folder
 
 
 def _train(data: str | Path, out: Path, cfg: RunConfig, device: str, resume: bool, preset: str | None,
@@ -279,6 +317,8 @@ def _train(data: str | Path, out: Path, cfg: RunConfig, device: str, resume: boo
 
     ck = checkpoint.find(out, "latest") if resume else None
     weights, opt_state, state = checkpoint.load(ck) if ck is not None else (None, None, {})
+    if ck is not None:
+        runfiles.checkpoint_state(ck / "state.json", state, training=True)
     if ck is not None and state.get("vocab_hash") != ds.vocab.hash:
         raise UserError(f"{ck}: checkpoint vocabulary differs from {ds.path}")
     # A growing run starts shallow; a resumed one at the depth it had reached.
@@ -295,17 +335,35 @@ def _train(data: str | Path, out: Path, cfg: RunConfig, device: str, resume: boo
                            tc.augment_lower, tc.augment_strip_accents)
     step, tokens, train_seconds, best = 0, 0, 0.0, math.inf
     if ck is not None:
-        raw.load_state_dict(at_depth(weights, depth))
+        try:
+            raw.load_state_dict(at_depth(weights, depth))
+        except RuntimeError as e:
+            raise UserError(f"{ck / 'model.safetensors'}: weights do not fit the run's model config "
+                            f"({str(e).splitlines()[0]})") from None
         if opt_state is not None:
-            opt.load_state_dict(opt_state)
+            try:
+                opt.load_state_dict(opt_state)
+                for p, st in opt.state.items():  # AdamW's moments must have their parameter's shape
+                    for name in ("exp_avg", "exp_avg_sq"):
+                        if name in st and st[name].shape != p.shape:
+                            raise ValueError(f"{name} of shape {tuple(st[name].shape)} for a parameter of shape "
+                                             f"{tuple(p.shape)}")
+            except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+                raise UserError(f"{ck}: optimizer state does not fit the model (optim.safetensors, state.json: "
+                                f"{e}); resume from another checkpoint or start a new run") from None
         try:
             sampler.load_state_dict(state["sampler"])
         except (KeyError, TypeError, ValueError):
             print0("note: the checkpoint's batch stream is from an older nextchar; batches are re-seeded")
         rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
+        if not rngs:
+            raise UserError(f"{ck / 'state.json'}: checkpoint state: 'rng' is empty")
         if len(rngs) != world():
             print0(f"note: resuming on {world()} ranks from {len(rngs)}: dropout draws are re-seeded")
-        set_rng_state(rngs[rank()] if len(rngs) == world() else rngs[0])
+        try:
+            set_rng_state(rngs[rank()] if len(rngs) == world() else rngs[0])
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+            raise UserError(f"{ck / 'state.json'}: checkpoint state: 'rng' is damaged ({e})") from None
         step, tokens, train_seconds = state["step"], state["tokens"], state["train_seconds"]
         best = state.get("best_dev_loss", math.inf)
         print0(f"resuming {out} from step {step}")
@@ -495,8 +553,10 @@ def train_from_options(data: str, out: str, preset: str | None, config: str | No
     cfg_path = Path(out) / "config.json"
     base = None
     if resume and cfg_path.exists():
-        base = config_mod.read_run_config(out)
-        preset = files.read_json(cfg_path, "run config").get("preset")  # already folded into base
+        run_cfg = runfiles.run_config(out)
+        runfiles.train_config(cfg_path, run_cfg)  # (model_config is checked by run_config)
+        base = {"model": run_cfg["model"], "train": run_cfg["train"]}
+        preset = run_cfg.get("preset")  # already folded into base
         cfg = config_mod.load(None, config, sets, base=base)
     else:
         preset = preset or (None if config else "quick")

@@ -45,6 +45,10 @@ def describe(folder: str | Path) -> Description:
     if not path.is_file():
         raise UserError(f"{folder}: no config.json (not a run, model or export folder)")
     cfg = read_json(path, "run config")
+    if isinstance(cfg, dict) and kind_of(cfg) in KINDS:
+        from nextchar.runfiles import check_run_config
+
+        check_run_config(path, cfg)  # a damaged file is a one-line error naming it, not a KeyError later
     if not isinstance(cfg, dict) or kind_of(cfg) not in KINDS:
         what = cfg.get("model_type") if isinstance(cfg, dict) else type(cfg).__name__
         raise UserError(f"{path}: unknown kind of model ({what!r}; expected one of {', '.join(KINDS)})")

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from nextchar.config import ModelConfig
 from nextchar.engine.folder import describe
 from nextchar.engine.windowed import WindowedPredictor
 from nextchar.errors import UserError
+from nextchar.runfiles import model_config, require
 from nextchar.vocab import Vocab
 
 
@@ -35,7 +35,12 @@ class OnnxPredictor(WindowedPredictor):
         cfg = desc.config
         if desc.kind != "onnx":
             raise UserError(f"{folder}: not an export folder (config.json has no 'export' entry)")
+        require(folder / "config.json", "export config", cfg, {"export": dict})
         files = cfg["export"].get("files", {})
+        if not isinstance(files, dict) or not all(isinstance(v, str) and v and "/" not in v and not v.startswith(".")
+                                                  for v in files.values()):
+            raise UserError(f"{folder / 'config.json'}: export config: 'export.files' is not an object of file "
+                            "names in the folder")
         if cfg["export"].get("format") != "onnx" or "model" not in files:
             raise UserError(f"{folder}: not an ONNX export (format {cfg['export'].get('format')!r})")
         if int8 and "model_int8" not in files:
@@ -43,7 +48,7 @@ class OnnxPredictor(WindowedPredictor):
         vocab = Vocab.load(folder / "vocab.json")
         if cfg.get("vocab_hash", vocab.hash) != vocab.hash:
             raise UserError(f"{folder / 'vocab.json'}: not the vocabulary the model was exported with")
-        mcfg = ModelConfig(**cfg["model"])
+        mcfg = model_config(folder / "config.json", cfg)
         super().__init__(vocab, mcfg.context, folder.name, stride, mcfg.ngram_order if mcfg.ngram_buckets else 0,
                          pad_id=mcfg.vocab_size)
         self.cfg = mcfg

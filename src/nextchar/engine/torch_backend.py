@@ -8,10 +8,10 @@ import numpy as np
 import torch
 
 from nextchar import checkpoint
-from nextchar.config import ModelConfig
 from nextchar.engine.windowed import WindowedPredictor
 from nextchar.errors import UserError
 from nextchar.model import CharTransformer
+from nextchar.runfiles import model_config
 from nextchar.vocab import Vocab
 
 
@@ -37,7 +37,7 @@ class TorchPredictor(WindowedPredictor):
         weights, _, state = checkpoint.load(ck, with_optimizer=False)
         if state.get("vocab_hash") != vocab.hash:
             raise UserError(f"{ck}: checkpoint was trained with another vocabulary than {path / 'vocab.json'}")
-        model = CharTransformer(ModelConfig(**cfg["model"]))
+        model = CharTransformer(model_config(path / "config.json", cfg))
         try:
             model.load_state_dict(weights)
         except RuntimeError as e:

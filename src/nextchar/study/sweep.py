@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import shlex
@@ -125,11 +126,34 @@ def _command(grids: list[Path], data: Path, out: Path, budget: dict, eval_positi
     return shlex.join(args)
 
 
-def run_study(grid: str | Path | list[str | Path], data: str | Path, out: str | Path,
-              budget_tokens: int | None = None, budget_minutes: float | None = None,
-              eval_positions: int | None = None, ngram: bool = True, threads: int = 0, dev_evals: int | None = None,
-              sets: list[str] | None = None, progress: bool = True) -> Path:
-    """`nextchar study run`: validate every grid, train each point that is not finished, write the report."""
+def run_study(grid: str | Path | list[str | Path], data: str | Path, out: str | Path, **options) -> Path:
+    """`nextchar study run`: validate every grid, train each point that is not finished, write the report.
+
+    One study run per folder at a time: out/study.lock (pid, host) refuses a second with a one-line UserError
+    (a lock whose process is gone is taken over), so two sweeps never train, or clear, the same point at once."""
+    from nextchar import safefs
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: is a file, not a study folder (use another --out)")
+    made = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{out}: cannot create ({e.strerror or e})") from None
+    try:
+        with safefs.locked(out / "study.lock", "nextchar study run"):
+            return _run_study(grid, data, out, **options)
+    finally:
+        if made:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # a study that failed before writing anything leaves no empty folder
+
+
+def _run_study(grid: str | Path | list[str | Path], data: str | Path, out: str | Path,
+               budget_tokens: int | None = None, budget_minutes: float | None = None,
+               eval_positions: int | None = None, ngram: bool = True, threads: int = 0, dev_evals: int | None = None,
+               sets: list[str] | None = None, progress: bool = True) -> Path:
     from nextchar import evaluate
     from nextchar import train as train_mod
     from nextchar import train_ngram as ngram_mod
