@@ -67,7 +67,8 @@ def main() -> None:
 
     import torch  # noqa: F401  (imported by nextchar anyway; keep it out of the first timing)
 
-    from nextchar.corpus import _mark_table, prepare
+    from nextchar.corpus import prepare
+    from nextchar.text import _mark_table
 
     _mark_table()  # built once per process (~0.2 s): not part of any case
     dasher = _dasher() if "dasher" in args.cases else None

@@ -127,8 +127,16 @@ def test_no_space_scripts_end_after_max_run():
 
 def test_bad_arguments():
     pred = ToyPredictor()
-    with pytest.raises(UserError, match="-k 0"):
+    with pytest.raises(UserError, match="k 0: must be at least 1"):
         complete(pred, "a", 0)
+    with pytest.raises(UserError, match="k: expected a whole number"):
+        complete(pred, "a", "3")
+    with pytest.raises(UserError, match="prefix: expected a string"):
+        complete(pred, None)
+    with pytest.raises(UserError, match="beam: expected a whole number"):
+        CompletionConfig(beam=2.5)
+    with pytest.raises(UserError, match="beam 0.*stride -1"):
+        CompletionConfig(beam=0, stride=-1)  # every problem at once
     with pytest.raises(UserError, match="beam 0"):
         CompletionConfig(beam=0)
     with pytest.raises(UserError, match="min_prob"):
@@ -202,6 +210,8 @@ def test_file_mode(pred, tmp_path):
 
 def test_long_prefix_equals_its_tail(pred):
     long = "The quick brown fox jumps over the lazy dog. " * 30 + "The qu"
+    while long[-pred.context].isspace():  # the tail must not start with a space (a prefix's leading one is dropped)
+        long += "i"
     plain = CompletionConfig(incremental=False, stride=1)  # the exact last-context window
     assert complete(pred, long, 3, config=plain) == complete(pred, long[-pred.context:], 3, config=plain)
 

@@ -20,6 +20,7 @@ from conftest import TINY_TEXTS
 from nextchar import corpus
 from nextchar.corpus import DASHER_FILES, normalize, prepare, read_folder, split_text
 from nextchar.errors import UserError
+from nextchar.text import cap_marks  # the mark cap lives with the rest of the shared normalization
 
 
 def norm(s: str | bytes) -> str:
@@ -124,11 +125,11 @@ def test_cap_marks_in_pieces_equals_whole():
     for _ in range(200):
         text = "".join(rng.choice(alphabet) if rng.random() < 0.2 else rng.choice(alphabet[:3]) * rng.randrange(1, 40)
                        for _ in range(rng.randrange(0, 12)))
-        whole, whole_run = corpus.cap_marks(text)
+        whole, whole_run = cap_marks(text)
         cuts = sorted(rng.sample(range(len(text) + 1), min(3, len(text) + 1)))
         pieces, run = [], 0
         for a, b in zip([0, *cuts], [*cuts, len(text)]):
-            out, run = corpus.cap_marks(text[a:b], run)
+            out, run = cap_marks(text[a:b], run)
             pieces.append(out)
         assert "".join(pieces) == whole and run == whole_run, text
 

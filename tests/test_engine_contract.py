@@ -1,10 +1,11 @@
 """Every rule of prediction, run against every backend (a new backend added to BACKENDS gets them all).
 
-Rules: an empty prefix is valid; a long prefix is read through the backend's window; unknown characters are
-<unk>; specials and control characters are never suggested; the k suggestions are distinct and sorted;
-distributions sum to one; a batch answers as single calls do; the public incremental interface (start / feed /
-truncate) and a typing session give what topk gives for the whole prefix after every keystroke, backspaces and
-edits included.
+Rules: an empty prefix is valid; a long prefix is read through the backend's window; a prefix is read as the
+training text was (nextchar.text.prefix_form); unknown characters are <unk>; specials and control characters are
+never suggested, a mark only where it can attach; the k suggestions are distinct and sorted; distributions sum to
+one; a batch answers as single calls do; the public incremental interface (start / feed / truncate) and a typing
+session give what topk gives for the whole prefix after every keystroke, backspaces, edits and normalization's own
+edits (a mark composing with its base, CR then LF) included; bad arguments are UserErrors naming them.
 """
 
 import unicodedata
@@ -13,8 +14,11 @@ import numpy as np
 import pytest
 
 from nextchar import engine
-from nextchar.engine.base import NEVER_SUGGESTED, START
+from nextchar.adapt import AdaptiveSession
+from nextchar.engine.base import MARKS, MOSTLY_UNKNOWN, NEVER_SUGGESTED, START
 from nextchar.engine.mixture_backend import MixturePredictor
+from nextchar.errors import UserError
+from nextchar.text import prefix_form
 
 BACKENDS = ["torch", "torch-hashed", "torch-stride", "onnx", "onnx-stride", "ngram", "mixture", "mixture-stride",
             "counts"]
@@ -84,7 +88,8 @@ def test_topk_is_k_distinct_suggestible_characters_sorted(pred):
 
 def test_k_is_capped_at_the_suggestible_characters(pred):
     out = pred.topk("a", 10_000)
-    assert len(out) == int(pred.suggestible().sum()) and len({c for c, _ in out}) == len(out)
+    assert len(out) == int(pred.suggestible_after([pred.encode("a")]).sum()) and len({c for c, _ in out}) == len(out)
+    assert len(out) < int(pred.suggestible().sum())  # the Bengali signs cannot follow a Latin letter
 
 
 def test_distributions_sum_to_one(pred):
@@ -157,3 +162,112 @@ def test_a_window_stride_is_a_view_sharing_the_model(pred):
     assert other.vocab is pred.vocab and pred.stride in (1, 7)
     prefix = TEXT[: 2 * pred.context]
     np.testing.assert_allclose(other.session().dist(prefix), other.dist([prefix])[0], rtol=1e-4, atol=1e-6)
+
+
+# raw prefix -> what it stands for; test_text.py runs the same kinds through every surface
+PAIRS = [
+    ("Le vieux cha\u0302teau domina", "Le vieux château domina"),  # NFD
+    ("valle\u0301e.\r\nThe quick", "vallée.\nThe quick"),  # NFD + CRLF
+    ("The\tquick  brown\u00a0fox ", "The quick brown fox "),  # tab, space run, no-break space, trailing space
+    ("Москва\r", "Москва\n"),  # a lone CR is a line ending
+    ("\ufeff  Η Αθήνα\u2028είναι", "Η Αθήνα\nείναι"),  # BOM, leading spaces, line separator
+    ("it\x92s a\x00b", "it\u2019s ab"),  # a C1 control read as Windows-1252, a NUL dropped
+    ("ঢাকা বাংলাদেশের\u00a0\t", "ঢাকা বাংলাদেশের "),  # trailing whitespace run
+    ("\n\n \n", ""),  # only whitespace: the start of a paragraph
+]
+
+
+def test_a_prefix_is_read_as_the_training_text_was(pred):
+    raws, norms = [r for r, _ in PAIRS], [n for _, n in PAIRS]
+    assert [prefix_form(r) for r in raws] == norms
+    np.testing.assert_array_equal(pred.dist(raws), pred.dist(norms))  # the same ids: exactly the same
+    assert pred.topk_batch(raws, 5) == pred.topk_batch(norms, 5)
+    s = pred.session()
+    for r, n in PAIRS:
+        assert chars([s.topk(r, 5)]) == chars([pred.topk(n, 5)]), r
+        np.testing.assert_array_equal(pred.encode(r), pred.encode(n))
+
+
+def test_session_is_exact_while_normalization_edits_what_was_typed(pred):
+    """Keystroke by keystroke on decomposed and CRLF text: an accent arriving after its base composes with it (the
+    last id changes), an LF after a CR changes nothing; backspaces undo both."""
+    nfd = unicodedata.normalize("NFD", "Le vieux château dominait la vallée. Noël à l'église ; Η Αθήνα είναι")
+    crlf = "Hello\r\nwor\rld\r\n\r\nÀ bientôt\t\tx \u2028y  "
+    for text in (nfd, crlf):
+        prefixes = [text[:i] for i in range(len(text) + 1)]
+        prefixes += [text[:i] for i in range(len(text) - 1, len(text) - 15, -1)]  # backspaces, one by one
+        want = pred.topk_batch(prefixes, 3)
+        s = pred.session()
+        for p, w in zip(prefixes, want):
+            got = s.topk(p, 3)
+            assert chars([got]) == chars([w]), repr(p)
+            np.testing.assert_allclose(probs([got]), probs([w]), rtol=1e-4, atol=1e-6)
+        assert not any(unicodedata.combining(c) for c in pred.vocab.decode(pred.encode(nfd)))  # composed
+
+
+def test_marks_are_suggested_only_where_they_attach(pred):
+    """The whole ranking after a prefix holds a mark only where it can attach (AttachRule)."""
+    vocab = pred.vocab
+    bengali = {c for c in vocab.chars[1:] if unicodedata.category(c) in MARKS and unicodedata.name(c).startswith("BENGALI")}
+    selector = "\ufe0f"
+    assert len(bengali) >= 5 and selector in vocab.stoi  # the tiny corpus has Bengali signs and emoji
+
+    def everything(prefix):
+        return {c for c, _ in pred.topk(prefix, vocab.size)}
+
+    for prefix in ["", "ঢাকা ", "ঢাকা,", "ঢাকা\n", "12", "Hello", "Москва", "İS", "ঢাকা 1", "x\u200d", "ঢাকা।"]:
+        got = everything(prefix)
+        assert not got & (bengali | {selector}), prefix
+    after_letter = everything("ঢাক")
+    assert bengali <= after_letter and selector not in after_letter
+    assert bengali <= everything("ঢাকা")  # after a sign of the same script (the rule allows; the model ranks)
+    assert selector in everything("Good morning! \u2600") and not everything("\u2600") & bengali
+    # every ranking path applies it: batch, typing session, adaptation's ranking
+    prefixes = ["ঢাকা ", "ঢাক", "Hello", ""]
+    want = [everything(p) for p in prefixes]
+    assert [{c for c, _ in r} for r in pred.topk_batch(prefixes, vocab.size)] == want
+    s, adapted = pred.session(), AdaptiveSession(pred)
+    assert [{c for c, _ in s.topk(p, vocab.size)} for p in prefixes] == want
+    assert [{c for c, _ in r} for r in adapted.topk_batch(prefixes, vocab.size)] == want
+
+
+def test_unknown_share_says_when_the_context_is_mostly_outside_the_vocabulary(pred):
+    assert pred.unknown_share("") == 0.0 and pred.unknown_share("Hello wor") == 0.0
+    assert pred.unknown_share("日本語のテキスト") == 1.0 >= MOSTLY_UNKNOWN  # kana are not in the tiny vocabulary
+    assert pred.unknown_share("नमस्ते दुनिया") == 12 / 13  # the space is known
+    assert pred.unknown_share("Hello wor" * 10 + "नमस्ते") < MOSTLY_UNKNOWN  # the last 32 characters count
+    assert pred.session().unknown_share("नमस्ते") == 1.0
+
+
+def test_bad_arguments_are_user_errors_naming_them(pred):
+    cases = [
+        (lambda: pred.topk_batch(["a", "b"], batch_size=0), "batch_size 0: must be at least 1"),
+        (lambda: pred.topk_batch(["a", "b"], batch_size=-5), "batch_size -5"),
+        (lambda: pred.topk_batch(["a"], batch_size=2.0), "batch_size: expected a whole number"),
+        (lambda: pred.topk_batch(["a"], k=0), "k 0: must be at least 1"),
+        (lambda: pred.topk_batch(["a"], k=-3), "k -3"),
+        (lambda: pred.topk_batch(["a"], k="3"), "k: expected a whole number, got str"),
+        (lambda: pred.topk_batch(["a"], k=2.5), "k: expected a whole number, got float"),
+        (lambda: pred.topk_batch(["a"], k=True), "k: expected a whole number, got bool"),
+        (lambda: pred.topk_batch("ab"), "prefixes: expected a list of strings, got str"),
+        (lambda: pred.topk_batch(["a", 3]), "prefixes[1]: expected a string, got int"),
+        (lambda: pred.topk_batch(None), "prefixes: expected a list"),
+        (lambda: pred.topk_batch(["a"], stride=0), "stride 0: must be at least 1"),
+        (lambda: pred.topk_batch(["a"], stride="2"), "stride: expected a whole number"),
+        (lambda: pred.topk(None), "prefix: expected a string, got NoneType"),
+        (lambda: pred.topk(b"abc"), "prefix: expected a string, got bytes"),
+        (lambda: pred.topk("a", k=None), "k: expected a whole number"),
+        (lambda: pred.session(stride=-1), "stride -1"),
+        (lambda: pred.session().topk("a", 0), "k 0"),
+        (lambda: pred.session().topk(5), "prefix: expected a string"),
+        (lambda: pred.dist("abc"), "prefixes: expected a list"),
+        (lambda: pred.unknown_share(["x"]), "prefix: expected a string"),
+    ]
+    for call, needle in cases:
+        with pytest.raises(UserError) as e:
+            call()
+        assert needle in str(e.value)
+    assert len(pred.topk_batch(["a", "b"], k=10**9, batch_size=10**9)) == 2  # huge: capped, not a failure
+    if pred.incremental and pred.context < 10**6:  # a windowed model's stride is bounded by its context
+        with pytest.raises(UserError, match="stride"):
+            pred.topk_batch(["a"], stride=10**6)

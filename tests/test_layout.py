@@ -16,7 +16,7 @@ ROOT = SRC.parent.parent
 # runfiles: the checks on what a folder's JSON files hold, read where the engine reads them (torch-free, like files).
 ENGINE_MAY_IMPORT = {"nextchar.errors", "nextchar.files", "nextchar.runtime", "nextchar.vocab", "nextchar.config",
                      "nextchar.model", "nextchar.checkpoint", "nextchar.ngram", "nextchar.models", "nextchar.counts",
-                     "nextchar.runfiles"}
+                     "nextchar.runfiles", "nextchar.text"}
 
 
 def module_name(path: Path) -> str:

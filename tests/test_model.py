@@ -8,7 +8,7 @@ from nextchar.model import CharTransformer
 
 torch.set_num_threads(1)
 
-# The founding study's counts with a 78-character vocabulary (../shared/seed/architecture-study.md).
+# The founding study's counts with a 78-character vocabulary (docs/architecture-study.md).
 STUDY_COUNTS = {
     "seed-12l": 2_399_310,
     "seed-4l": 813_134,

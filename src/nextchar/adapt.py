@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from nextchar.engine.base import START, Predictor, rank
-from nextchar.errors import UserError
+from nextchar.errors import UserError, check_int, check_text, check_texts
 from nextchar.vocab import Vocab
 
 # p = (1 - λc - λu)·p_model + λc·p_cache + λu·uniform, where p_cache is a Witten-Bell-style interpolation of
@@ -166,8 +166,7 @@ class AdaptiveSession:
     """One user's adapted predictions: the cache reads the observed history, then the current prefix."""
 
     def __init__(self, predictor: Predictor, weights: Weights = WEIGHTS, max_text: int = MAX_TEXT):
-        if max_text < 1:
-            raise UserError(f"max_text {max_text}: must be at least 1")
+        check_int(max_text, "max_text")
         self.pred = predictor
         self.weights = weights
         self.max_text = max_text
@@ -177,8 +176,14 @@ class AdaptiveSession:
         self._lock = threading.Lock()
 
     def observe(self, text: str) -> None:
-        """Remember text the user wrote (e.g. a finished message) for later predictions in this session."""
-        ids = np.concatenate([self._start, self.pred.encode(text)[-self.max_text:]])
+        """Remember text the user wrote (e.g. a finished message) for later predictions in this session.
+
+        The text is read as a prefix is (Predictor.encode: the training text's normalization), less trailing
+        whitespace: each observed text is a paragraph of its own (START before it)."""
+        ids = self.pred.encode(check_text(text, "text"))
+        while len(ids) and self.pred.vocab.chars[ids[-1]] in (" ", START):
+            ids = ids[:-1]  # at most one space or line break: prepare_prefix collapsed the run
+        ids = np.concatenate([self._start, ids[-self.max_text:]])
         with self._lock:  # two requests of one session may observe at once; neither may be lost
             self._history = np.concatenate([self._history, ids])[-self.max_text:]
 
@@ -212,7 +217,10 @@ class AdaptiveSession:
         return self.dist_batch([prefix], None if model_probs is None else model_probs[None])[0]
 
     def topk_batch(self, prefixes: list[str], k: int = 3) -> list[list[tuple[str, float]]]:
-        return rank(self.dist_batch(prefixes), self.pred.suggestible(), self.pred.vocab.chars, k)
+        """Predictor.topk_batch with this session's adaptation mixed in (the same suggestion rules)."""
+        prefixes = check_texts(prefixes, "prefixes")
+        ok = self.pred.suggestible_after([self.pred.encode(p) for p in prefixes])  # (N, V)
+        return rank(self.dist_batch(prefixes), ok, self.pred.vocab.chars, k)
 
     def topk(self, prefix: str, k: int = 3) -> list[tuple[str, float]]:
         return self.topk_batch([prefix], k)[0]
@@ -223,8 +231,7 @@ class SessionStore:
 
     def __init__(self, predictor: Predictor, max_sessions: int = MAX_SESSIONS, max_text: int = MAX_TEXT,
                  weights: Weights = WEIGHTS):
-        if max_sessions < 1:
-            raise UserError(f"max_sessions {max_sessions}: must be at least 1")
+        check_int(max_sessions, "max_sessions")
         self.pred = predictor
         self.max_sessions = max_sessions
         self.max_text = max_text

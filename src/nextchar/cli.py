@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from nextchar.errors import UserError
+from nextchar.errors import UserError, check_int
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Multilingual next-character prediction for text entry.")
@@ -47,7 +47,26 @@ def threads_option(n: int) -> None:
 
 
 Threads = Annotated[int, typer.Option(help="CPU threads (0 = all cores).")]
-Backend = Annotated[str, typer.Option(help="auto (ONNX when the folder has it, else PyTorch), torch, onnx or onnx-int8.")]
+# The names of engine.load.BACKENDS (the CLI imports no engine before a command runs; a test keeps them in step).
+Backend = Annotated[str, typer.Option(help="auto (ONNX when the folder has it, else PyTorch), torch, onnx or onnx-int8 "
+                                           "(the ONNX form's int8 weights).")]
+MAX_THREADS = 4096
+
+
+def check_threads(threads: int | None) -> None:
+    if threads is not None:
+        check_int(threads, "--threads", 0, MAX_THREADS)
+
+
+def warn_unknown(pred, prefix: str) -> None:
+    """One line on stderr when most of the prefix's context is outside the model's vocabulary."""
+    from nextchar.engine.base import MOSTLY_UNKNOWN, UNKNOWN_WINDOW
+
+    share = pred.unknown_share(prefix)
+    if share >= MOSTLY_UNKNOWN:
+        n = min(UNKNOWN_WINDOW, len(pred.encode(prefix)))
+        typer.echo(f"warning: {share:.0%} of the last {n} characters are outside the model's vocabulary (another "
+                   "script or language?): these suggestions are guesses", err=True)
 
 
 @app.command()
@@ -69,7 +88,7 @@ def train(
     data: Annotated[Path, typer.Option(help="Prepared data directory.")],
     out: Annotated[Path, typer.Option(help="Run directory to write.")],
     preset: Annotated[str | None, typer.Option(help="Named configuration (see configs/ and `nextchar presets`).")] = None,
-    config: Annotated[Path | None, typer.Option(help="TOML file with [model] and [train] tables.")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML file with \\[model] and \\[train] tables.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override, e.g. model.n_layers=4 (repeatable).")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Budget in optimizer steps.")] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Budget in training characters.")] = None,
@@ -125,8 +144,10 @@ def eval_(
 
     if device not in ("cpu", "cuda"):
         raise UserError(f"--device {device!r}: choose cpu or cuda")
+    check_int(positions, "--positions")
+    check_threads(threads)
     res = eval_run(run, split, data, positions, backend=backend, device=resolve_device(device), out=out,
-                   threads=threads)
+                   threads=threads, progress=True)
     typer.echo(format_table(res))
     typer.echo(f"wrote {res['out']}")
 
@@ -137,27 +158,38 @@ def predict(
     prefix: Annotated[str | None, typer.Argument(help="Text typed so far.")] = None,
     run: Annotated[str | None, typer.Option("--run", "--model", help="Run or model folder, or a shipped model's name (default: the model shipped with nextchar).")] = None,
     k: Annotated[int, typer.Option("-k", help="How many characters to suggest.")] = 3,
-    input: Annotated[Path | None, typer.Option("--input", help="File of prefixes, one per line.")] = None,
+    input: Annotated[Path | None, typer.Option("--input", help="File of prefixes, one per line (UTF-8, or UTF-16 with a byte-order mark).")] = None,
     output: Annotated[Path | None, typer.Option("--output", help="Where file mode writes k characters per line.")] = None,
-    json_: Annotated[bool, typer.Option("--json", help="File mode writes JSON lines with probabilities.")] = False,
+    json_: Annotated[bool, typer.Option("--json", help="Write JSON (one line per prefix: chars, probs, unknown_share) instead of text.")] = False,
     backend: Backend = "auto",
     threads: Threads = 0,
 ):
-    """Suggest the k most likely next characters for a prefix, or for every line of a file."""
+    """Suggest the k most likely next characters for a prefix, or for every line of a file.
+
+    A prefix that starts with '-' goes after '--', e.g. nextchar predict -- "-5 degr".
+    """
     from nextchar import engine
-    from nextchar.predict import predict_file
+    from nextchar.files import dumps
+    from nextchar.predict import predict_file, record
 
     if (input is None) == (prefix is None):
         raise UserError("give either a PREFIX argument or --input FILE (with --output FILE)")
     if input is not None and output is None:
         raise UserError("--input needs --output FILE")
+    check_int(k, "-k")
+    check_threads(threads)
     pred = engine.load(resolve_run(run), backend=backend, threads=threads)
     if input is not None:
         n = predict_file(pred, input, output, k, json_)
         typer.echo(f"wrote {n} lines to {output}", err=True)
         return
-    for ch, p in pred.topk(prefix, k):
-        typer.echo(f"{show(ch)}\t{p:.4f}")
+    row = pred.topk(prefix, k)
+    if json_:
+        typer.echo(dumps(record(prefix, row, pred.unknown_share(prefix))))
+    else:
+        for ch, p in row:
+            typer.echo(f"{show(ch)}\t{p:.4f}")
+    warn_unknown(pred, prefix)
 
 
 @app.command()
@@ -166,31 +198,43 @@ def complete(
     prefix: Annotated[str | None, typer.Argument(help="Text typed so far.")] = None,
     run: Annotated[str | None, typer.Option("--run", "--model", help="Run or model folder, or a shipped model's name (default: the model shipped with nextchar).")] = None,
     k: Annotated[int, typer.Option("-k", help="How many completions.")] = 3,
-    input: Annotated[Path | None, typer.Option("--input", help="File of prefixes, one per line.")] = None,
+    input: Annotated[Path | None, typer.Option("--input", help="File of prefixes, one per line (UTF-8, or UTF-16 with a byte-order mark).")] = None,
     output: Annotated[Path | None, typer.Option("--output", help="Where file mode writes tab-separated completions per line.")] = None,
-    json_: Annotated[bool, typer.Option("--json", help="File mode writes JSON lines with probabilities.")] = False,
+    json_: Annotated[bool, typer.Option("--json", help="Write JSON (one line per prefix: completions, probs, unknown_share) instead of text.")] = False,
     beam: Annotated[int, typer.Option(help="Hypotheses kept per search step.")] = 4,
     backend: Backend = "auto",
     threads: Threads = 1,
 ):
-    """Suggest the k most likely ways to finish the current word (the rest of the word and its probability)."""
-    from nextchar import engine
-    from nextchar.complete import CompletionConfig, complete_file
-    from nextchar.complete import complete as run_complete
+    """Suggest the k most likely ways to finish the current word (the rest of the word and its probability).
 
-    threads_option(threads)
+    A prefix that starts with '-' goes after '--', e.g. nextchar complete -- "-5 degr".
+    """
+    from nextchar import engine
+    from nextchar.complete import CompletionConfig, complete_file, record
+    from nextchar.complete import complete as run_complete
+    from nextchar.files import dumps
+
     if (input is None) == (prefix is None):
         raise UserError("give either a PREFIX argument or --input FILE (with --output FILE)")
     if input is not None and output is None:
         raise UserError("--input needs --output FILE")
+    check_int(k, "-k")
+    check_int(beam, "--beam", 1, 10_000)
+    check_threads(threads)
+    threads_option(threads)
     cfg = CompletionConfig(beam=beam)
     pred = engine.load(resolve_run(run), backend=backend, threads=threads)
     if input is not None:
         n = complete_file(pred, input, output, k, json_, cfg)
         typer.echo(f"wrote {n} lines to {output}", err=True)
         return
-    for rest, p in run_complete(pred, prefix, k, config=cfg):
-        typer.echo(f"{rest}\t{p:.4f}")
+    rows = run_complete(pred, prefix, k, config=cfg)
+    if json_:
+        typer.echo(dumps(record(pred, prefix, rows)))
+    else:
+        for rest, p in rows:
+            typer.echo(f"{rest}\t{p:.4f}")
+    warn_unknown(pred, prefix)
 
 
 def show(ch: str) -> str:

@@ -30,7 +30,6 @@ the search tree under the typed character.
 from __future__ import annotations
 
 import collections
-import json
 import unicodedata
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -40,7 +39,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from nextchar.engine import Predictor
-from nextchar.errors import UserError
+from nextchar.engine.base import MOSTLY_UNKNOWN, unknown_share
+from nextchar.errors import UserError, check_float, check_int, check_text
 
 if TYPE_CHECKING:
     from nextchar.adapt import AdaptiveSession
@@ -85,13 +85,16 @@ class CompletionConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("beam", "max_chars", "max_run", "stride"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} {getattr(self, name)}: must be at least 1")
-        if self.length_weight < 0 or self.pool < 0:
-            problems.append("length_weight and pool must be >= 0")
-        if not 0.0 <= self.min_prob < 1.0:
-            problems.append(f"min_prob {self.min_prob}: must be in [0, 1)")
+        checks = [(check_int, name, 1, 10_000) for name in ("beam", "max_chars", "max_run", "stride")]
+        checks += [(check_int, "pool", 0, 10_000), (check_float, "length_weight", 0.0, 100.0),
+                   (check_float, "min_prob", 0.0, 1.0)]
+        for check, name, lo, hi in checks:
+            try:
+                check(getattr(self, name), name, lo, hi, **({"hi_open": True} if name == "min_prob" else {}))
+            except UserError as e:
+                problems.append(str(e))
+        if not isinstance(self.incremental, bool):
+            problems.append(f"incremental: expected true or false, got {type(self.incremental).__name__}")
         if problems:
             raise UserError("completion config: " + "; ".join(problems))
 
@@ -233,14 +236,17 @@ class Completer:
         return out
 
     def _logprobs(self, prefix: str, root: np.ndarray, paths: list[str], session: AdaptiveSession | None
-                  ) -> np.ndarray:
-        """(N, V) log-distributions after prefix + each path (adapted to the session when given)."""
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """(N, V) log-distributions after prefix + each path (adapted to the session when given), and (N, W) which
+        word characters may follow each (the engine's suggestion rules: a mark only where it attaches)."""
         vocab = self.pred.vocab
-        lp = self._model_logprobs([np.concatenate([root, vocab.encode(s).astype(np.int64)]) for s in paths])  # (N, V)
+        nodes = [np.concatenate([root, vocab.encode(s).astype(np.int64)]) for s in paths]
+        ok = self.pred.suggestible_after(nodes)[:, self.ids.word]  # (N, W)
+        lp = self._model_logprobs(nodes)  # (N, V)
         if session is None:
-            return lp
+            return lp, ok
         with np.errstate(divide="ignore"):
-            return np.log(session.dist_batch([prefix + s for s in paths], np.exp(lp)))  # (N, V)
+            return np.log(session.dist_batch([prefix + s for s in paths], np.exp(lp))), ok  # (N, V)
 
     # -- the search --------------------------------------------------------------------------------
     def complete(self, prefix: str, k: int = 3, session: AdaptiveSession | None = None,
@@ -252,8 +258,8 @@ class Completer:
         holds completions not to offer (e.g. those already shown for this word and not taken); the search
         finds the k best of the others. Raises UserError for k < 1.
         """
-        if k < 1:
-            raise UserError(f"-k {k}: must be at least 1")
+        k = check_int(k, "k")
+        check_text(prefix, "prefix")
         cfg, ids = self.config, self.ids
         root = self._root(prefix)
         max_chars = cfg.max_chars
@@ -263,7 +269,7 @@ class Completer:
         finished: list[tuple[float, str]] = []  # (log-probability, completion), the best k so far
         texts, logp, runs = [""], np.zeros(1), np.zeros(1, dtype=np.int64)  # the frontier: hypotheses to expand
         while texts:
-            lp = self._logprobs(prefix, root, texts, session)  # (N, V)
+            lp, ok = self._logprobs(prefix, root, texts, session)  # (N, V), (N, W)
             ends = logp + logsumexp_rows(lp[:, ids.end])  # (N,) the word ends after each hypothesis
             for s, e in zip(texts, ends.tolist()):
                 if s and e > floor and s not in exclude:
@@ -272,7 +278,7 @@ class Completer:
             bar = max(floor, finished[-1][0]) if len(finished) == k else floor
             if len(texts[0]) >= max_chars:
                 break
-            ext = logp[:, None] + lp[:, ids.word]  # (N, W) one more word character
+            ext = np.where(ok, logp[:, None] + lp[:, ids.word], -np.inf)  # (N, W) one more word character
             n = min(cfg.beam, int((ext > bar).sum()))
             if n == 0:
                 break
@@ -310,29 +316,30 @@ def complete(pred: Predictor, prefix: str, k: int = 3, session: AdaptiveSession 
     return Completer(pred, config).complete(prefix, k, session, exclude)
 
 
+def record(pred: Predictor, prefix: str, row: list[tuple[str, float]]) -> dict:
+    """The JSON answer for one prefix (file mode's lines, `complete --json`): the prefix as given, the completions
+    best first, their probabilities, and how much of the context the model does not know."""
+    share = unknown_share(pred.encode(prefix))
+    return {"prefix": prefix, "completions": [s for s, _ in row], "probs": [round(q, 6) for _, q in row],
+            "unknown_share": round(share, 4), "mostly_unknown": share >= MOSTLY_UNKNOWN}
+
+
 def complete_file(pred: Predictor, input_path: str | Path, output_path: str | Path, k: int = 3,
                   as_json: bool = False, config: CompletionConfig | None = None) -> int:
     """One prefix per input line -> one line of up to k completions, tab-separated (or JSON lines with probabilities).
 
-    Lines are split like `predict`'s file mode: newline stripped, a trailing CR dropped, other spaces kept.
+    Lines are read like `predict`'s file mode (files.read_lines: universal newlines; UTF-8, or UTF-16/32 with a
+    byte-order mark); JSON lines are `record`s.
     Completions are word characters only, so a tab or newline never appears inside one. Writes atomically.
     """
     from nextchar import files
 
-    input_path = Path(input_path)
-    try:
-        raw = input_path.read_bytes()
-    except OSError as e:
-        raise UserError(f"{input_path}: cannot read input ({e.strerror})") from None
-    lines = raw.decode("utf-8", errors="replace").split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    prefixes = [ln.removesuffix("\r") for ln in lines]
+    k = check_int(k, "-k")
+    prefixes = files.read_lines(input_path)
     completer = Completer(pred, config)
     rows = [completer.complete(p, k) for p in prefixes]
     if as_json:
-        out = "".join(json.dumps({"prefix": p, "completions": [s for s, _ in r], "probs": [round(q, 6) for _, q in r]},
-                                 ensure_ascii=False) + "\n" for p, r in zip(prefixes, rows))
+        out = "".join(files.dumps(record(pred, p, r)) + "\n" for p, r in zip(prefixes, rows))
     else:
         out = "".join("\t".join(s for s, _ in r) + "\n" for r in rows)
     files.atomic_write_bytes(output_path, out.encode("utf-8"))

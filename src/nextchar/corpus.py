@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
-import functools
 import io
-import itertools
 import json
 import logging
 import os
@@ -26,6 +24,9 @@ import numpy as np
 from nextchar import safefs
 from nextchar.data import SPLITS
 from nextchar.errors import UserError
+from nextchar.text import CONTROLS as _CONTROLS
+from nextchar.text import MAX_MARKS, code_points, mark_runs, paragraphs
+from nextchar.text import clean as _clean
 from nextchar.vocab import UNK, Vocab
 
 log = logging.getLogger(__name__)
@@ -45,91 +46,14 @@ FOLDER_HINT = "pass a folder instead: nextchar prepare --corpus DIR (a folder of
 SPLIT_FRACTIONS = (0.90, 0.95)  # train ends at 90%, dev at 95%, test is the rest
 CUT_WINDOW = 2000  # how far a cut may move forward to reach a paragraph start or a space
 
-_NEWLINES = re.compile("\r\n?|[\x85\u2028\u2029]")
-_BLANK_LINE = re.compile(r"\n\s*\n")  # \s is Unicode whitespace, the same set str.split() uses
-# Control characters that are not whitespace, C1 (U+0080-U+009F) and stray BOMs/ZWNBSPs (e.g. left where files
-# were concatenated). Whitespace controls (\t, \x0b, \x0c, \x1c-\x1f) are left to the whitespace rules.
-_CONTROLS = re.compile("[\x00-\x08\x0e-\x1b\x7f-\x9f\ufeff]")
-
-
-def _control_fixes() -> dict[str, str]:
-    # C1 controls in "UTF-8" text are nearly always Windows-1252 bytes decoded as Latin-1 (the Dasher French text
-    # has 990 U+0092 for the apostrophe), so map them back; everything else that matched is dropped.
-    fixes = {}
-    for cp in range(0x80, 0xA0):
-        try:
-            fixes[chr(cp)] = bytes([cp]).decode("cp1252")
-        except UnicodeDecodeError:
-            pass
-    return fixes
-
-
-_CONTROL_FIXES = _control_fixes()
-
-# Unicode's Stream-Safe Text Format (UAX #15, section 13) bounds a run of non-starters at 30: no real text needs more,
-# and normalization sorts each run by combining class in time quadratic in its length (CPython's NFC took 78 s on
-# one 640 KB line alternating U+0301/U+0316). Longer runs ("Zalgo" text, corrupt files) keep their first 30.
-MAX_MARKS = 30
-
-
-@functools.cache
-def _mark_table() -> np.ndarray:
-    """(0x110000,) bool: is the code point a mark, a character whose canonical decomposition is all non-starters
-    (combining class > 0): U+0301, and also U+0F73 (class 0, but it decomposes into two). Built once (~0.2 s) from
-    this Python's unicodedata, the tables its NFC uses."""
-    table = np.zeros(0x110000, dtype=bool)
-    # Marks live in planes 0, 1 and 14 from U+0300 on (planes 2-3 are ideographs, 4-13 unassigned, 15-16 private).
-    for cp in itertools.chain(range(0x300, 0x20000), range(0xE0000, 0xF0000)):
-        c = chr(cp)
-        if unicodedata.combining(c) or (unicodedata.decomposition(c)[:1] not in ("", "<")
-                                        and all(unicodedata.combining(x) for x in unicodedata.normalize("NFD", c))):
-            table[cp] = True
-    return table
-
-
-def _code_points(text: str) -> np.ndarray:
-    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")  # (len(text),)
-
-
-def _mark_runs(cps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(starts, ends) of the maximal runs of marks in code points cps, each (runs,), ends exclusive."""
-    at = np.flatnonzero(_mark_table()[cps])  # (marks,) positions; few in ordinary text
-    gaps = np.flatnonzero(np.diff(at) != 1)  # (runs - 1,) last mark of each run but the final one
-    return at[np.r_[0, gaps + 1]] if len(at) else at, at[np.r_[gaps, len(at) - 1]] + 1 if len(at) else at
-
-
-def cap_marks(text: str, run: int = 0) -> tuple[str, int]:
-    """text with every run of marks (see _mark_table) cut to its first MAX_MARKS, and the number of marks the
-    result ends with (<= MAX_MARKS). run: the marks the text before this one ended with; capping the pieces of a
-    text in order, passing run along, equals capping the whole. Linear time (numpy over the code points)."""
-    if text.isascii():
-        return text, run if not text else 0  # (an empty piece leaves the run going)
-    cps = _code_points(text)  # (n,)
-    starts, ends = _mark_runs(cps)
-    if not len(starts):
-        return text, 0
-    budget = np.full(len(starts), MAX_MARKS)  # (runs,) marks each run may keep
-    if starts[0] == 0:
-        budget[0] = max(0, MAX_MARKS - run)  # the leading marks continue the previous piece's run
-    over = np.flatnonzero(ends - starts > budget)
-    if len(over):
-        keep = np.ones(len(cps), dtype=bool)  # (n,)
-        for i in over.tolist():
-            keep[starts[i] + budget[i]:ends[i]] = False
-        text = cps[keep].tobytes().decode("utf-32-le", "surrogatepass")
-    if ends[-1] != len(cps):
-        return text, 0
-    tail = int(min(ends[-1] - starts[-1], budget[-1]))
-    return text, tail + (run if starts[-1] == 0 else 0)
-
-
 def normalize(raw: bytes, name: str) -> str:
     """Clean text: UTF-8 (bad bytes -> U+FFFD, logged), NFC, one space per whitespace run, "\\n" between paragraphs.
 
     Paragraphs are separated by blank lines (whitespace-only lines count); single line breaks inside a paragraph
     become spaces. Also (beyond plain whitespace rules): C1 controls are read as Windows-1252, other
     non-whitespace control characters and every U+FEFF are dropped, and a run of more than MAX_MARKS combining
-    characters keeps its first MAX_MARKS (see cap_marks). Raises UserError when raw looks binary.
+    characters keeps its first MAX_MARKS (nextchar.text: the steps prediction shares). Raises UserError when raw
+    looks binary.
     Time and memory are linear in len(raw) for any input.
     """
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
@@ -145,9 +69,7 @@ def normalize(raw: bytes, name: str) -> str:
                             "expected UTF-8 text")
         log.warning("%s: replaced %d invalid UTF-8 byte sequence(s) with U+FFFD (is the file UTF-8?)", name, bad)
     text = text.removeprefix("\ufeff")
-    text, _ = _clean(text)
-    paragraphs = (" ".join(p.split()) for p in _BLANK_LINE.split(text))
-    return "\n".join(p for p in paragraphs if p)
+    return paragraphs(_clean(text)[0])  # nextchar.text: the same steps every prediction applies to its prefix
 
 
 def split_text(text: str) -> tuple[str, str, str]:
@@ -420,21 +342,12 @@ def _cut_point(text: str) -> int:
             return j
     if len(text) <= MAX_MARKS:
         return 0
-    starts, ends = _mark_runs(_code_points(text))
+    starts, ends = mark_runs(code_points(text))
     long = np.flatnonzero(ends - starts > MAX_MARKS)  # runs cap_marks shortens
     return int(ends[long[-1]]) if len(long) else 0
 
 
 _ASCII_KEPT = re.compile("[\t-\r\x1c-\x7e]")  # ASCII that _CONTROLS leaves alone
-
-
-def _clean(text: str, run: int = 0) -> tuple[str, int]:
-    """normalize()'s character-level steps (everything but the whitespace and paragraph rules), and the marks
-    the result ends with before NFC (cap_marks' run: pass it to the next piece of the same text)."""
-    text = _NEWLINES.sub("\n", text)
-    text = _CONTROLS.sub(lambda m: _CONTROL_FIXES.get(m.group(), ""), text)
-    text, run = cap_marks(text, run)  # after the control deletions: they must not hide a run from the cap
-    return unicodedata.normalize("NFC", text), run
 
 
 class _Paragraphs:
@@ -461,7 +374,7 @@ class _Paragraphs:
         if not final:
             stripped = body.rstrip()
             body, trail = stripped, body[len(stripped):]
-        norm = "\n".join(p for p in (" ".join(q.split()) for q in _BLANK_LINE.split(body)) if p)
+        norm = paragraphs(body)
         sep = ("\n" if self.newlines >= 2 else " ") if self.started and self.gap else ""
         self.started, self.gap, self.newlines = True, bool(trail), trail.count("\n")
         return sep + norm

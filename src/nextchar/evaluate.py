@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -11,25 +13,28 @@ from nextchar import engine, models
 from nextchar.data import DataSet, eval_positions, open_data
 from nextchar.engine.base import top_ids
 from nextchar.engine.folder import data_dir, describe
-from nextchar.errors import UserError
+from nextchar.errors import UserError, check_int
 from nextchar.files import atomic_write_json
 
 SPLITS = ("dev", "test", "train")
 
 
 def evaluate(pred: engine.Predictor, ds: DataSet, split: str = "dev", positions: int = 2000,
-             batch_size: int = 256) -> dict:
+             batch_size: int = 256, progress: Callable[[str, int], None] | None = None) -> dict:
     """Metrics per language on N evenly spaced positions, each predicted from the same split's past only.
 
     Position p of a split is predicted from its history split[:p] (the paragraph start before the split's first
     character), read through the predictor's own window. A hit at top-k is the true id among the k ids the
-    engine would suggest (Predictor.suggestible and base.top_ids: specials and control characters never are,
-    so a true newline or <unk> is always a miss). ce is in nats per character, bpc = ce / ln 2; macro is the
-    mean over languages, micro over all positions. Raises UserError for another vocabulary or an empty split.
+    engine would suggest there (Predictor.suggestible_after and base.top_ids, the ranking every surface uses:
+    specials and control characters never are, a mark only where it can attach, so a true newline or <unk> is
+    always a miss). ce is in nats per character, bpc = ce / ln 2; macro is the mean over languages, micro over
+    all positions. progress(lang, n) is called after each batch of n positions. Raises UserError for another
+    vocabulary, an empty split, or positions / batch_size below 1.
     """
+    positions = check_int(positions, "positions")
+    batch_size = check_int(batch_size, "batch_size")
     if pred.vocab.hash != ds.vocab.hash:
         raise UserError(f"{ds.path}: data vocabulary ({ds.vocab.hash}) differs from the model's ({pred.vocab.hash})")
-    ok = pred.suggestible()
     langs = {}
     for lang in ds.languages:
         arr = ds.split(lang, split)
@@ -39,12 +44,15 @@ def evaluate(pred: engine.Predictor, ds: DataSet, split: str = "dev", positions:
         ce = top1 = top3 = 0.0
         for i in range(0, len(pos), batch_size):
             chunk = pos[i:i + batch_size]
-            lp = pred.logprobs([arr[:p] for p in chunk.tolist()])  # (n, V) histories are views, never copied
+            hist = [arr[:p] for p in chunk.tolist()]  # histories are views, never copied
+            lp = pred.logprobs(hist)  # (n, V)
             y = arr[chunk].astype(np.int64)  # (n,)
             ce -= lp[np.arange(len(chunk)), y].sum()
-            top = top_ids(np.exp(lp), ok, 3)  # (n, 3) what the engine suggests
+            top = top_ids(np.exp(lp), pred.suggestible_after(hist), 3)  # (n, 3) what the engine suggests
             top1 += (top[:, 0] == y).sum()
             top3 += (top == y[:, None]).any(axis=1).sum()
+            if progress is not None:
+                progress(lang, len(chunk))
         n = len(pos)
         langs[lang] = {"n": n, "top1": float(top1 / n), "top3": float(top3 / n), "ce": float(ce / n),
                        "bpc": float(ce / n / math.log(2))}
@@ -55,6 +63,40 @@ def evaluate(pred: engine.Predictor, ds: DataSet, split: str = "dev", positions:
     macro = {k: float(np.mean([m[k] for m in langs.values()])) for k in keys}
     micro = {k: float(sum(m[k] * m["n"] for m in langs.values()) / total) for k in keys}
     return {"split": split, "positions": positions, "languages": langs, "macro": macro, "micro": micro}
+
+
+def count_positions(ds: DataSet, split: str, positions: int) -> int:
+    """How many positions evaluate() reads (all languages): the total of a progress bar."""
+    return sum(len(eval_positions(len(ds.split(lang, split)), positions)) for lang in ds.languages)
+
+
+@contextlib.contextmanager
+def progress_bar(what: str, total: int, enabled: bool = True) -> Iterator[Callable[[str, int], None] | None]:
+    """A progress bar with the rate and the time left on stderr (rich, which the CLI's typer brings), as the
+    `progress` callback of evaluate(); None when disabled. Off a terminal it prints the finished bar once."""
+    if not enabled:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("positions"),
+               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True)) as bar:
+        task = bar.add_task(what, total=total)
+
+        def advance(lang: str, n: int) -> None:
+            bar.update(task, advance=n, description=f"{what} {lang}")
+
+        yield advance
+        bar.update(task, description=what)
 
 
 def format_table(res: dict) -> str:
@@ -82,18 +124,21 @@ def results_path(folder: Path, split: str, out: str | Path | None = None) -> Pat
 
 def eval_run(run: str | Path, split: str = "test", data: str | Path | None = None, positions: int = 2000,
              backend: str = "auto", device: str = "cpu", out: str | Path | None = None,
-             threads: int | None = None) -> dict:
+             threads: int | None = None, progress: bool = False) -> dict:
     """`nextchar eval`: evaluate a run (or a model by name) on a split and write the results (see results_path).
 
-    The result carries "run", "data" and, once written, "out" (the file's path).
+    The result carries "run", "data" and, once written, "out" (the file's path). progress: a progress bar with
+    the time left on stderr.
     """
     if split not in SPLITS:
         raise UserError(f"--split {split!r}: choose dev or test")
+    positions = check_int(positions, "--positions")
     folder = engine.resolve(run)
     pred = engine.load(folder, backend=backend, device=device, threads=threads)
     data = data_dir(describe(folder), data)
     ds = open_data(data)
-    res = evaluate(pred, ds, split, positions)
+    with progress_bar(f"eval {split}", count_positions(ds, split, positions), progress) as tick:
+        res = evaluate(pred, ds, split, positions, progress=tick)
     res["run"] = str(run)
     res["data"] = str(data)
     path = results_path(folder, split, out)

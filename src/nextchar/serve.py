@@ -32,8 +32,9 @@ from nextchar import engine, keyboard
 from nextchar.adapt import MAX_SESSIONS, MAX_TEXT, WEIGHTS, AdaptiveSession, SessionStore, Weights
 from nextchar.complete import Completer
 from nextchar.connguard import Guard, Limits, guarded_protocol
-from nextchar.engine.base import Predictor, rank
+from nextchar.engine.base import MOSTLY_UNKNOWN, UNKNOWN_WINDOW, Predictor, rank
 from nextchar.errors import UserError
+from nextchar.files import dumps
 
 MAX_BODY = 64 * 1024  # bytes of request body; a prefix longer than this is useless to any model anyway
 MAX_K = 10
@@ -91,10 +92,18 @@ class Prediction(BaseModel):
     prob: float
 
 
+UNKNOWN_HELP = (f"Share of the last {UNKNOWN_WINDOW} characters of the prefix (as the model reads it) that the "
+                "model's vocabulary lacks.")
+MOSTLY_HELP = (f"unknown_share >= {MOSTLY_UNKNOWN}: the context is mostly outside what the model knows (another "
+               "script or language), its suggestions are guesses; a client may fall back to something else.")
+
+
 class PredictResponse(BaseModel):
     predictions: list[Prediction] = Field(description="Best first.")
     model: str = Field(description="The run id of the model.")
     adapted: bool = Field(description="Whether a session's cache was mixed in.")
+    unknown_share: float = Field(description=UNKNOWN_HELP)
+    mostly_unknown: bool = Field(description=MOSTLY_HELP)
 
 
 class Completion(BaseModel):
@@ -106,12 +115,16 @@ class CompleteResponse(BaseModel):
     completions: list[Completion] = Field(description="Best first; fewer than k when fewer exist.")
     model: str
     adapted: bool
+    unknown_share: float = Field(description=UNKNOWN_HELP)
+    mostly_unknown: bool = Field(description=MOSTLY_HELP)
 
 
 class BatchResponse(BaseModel):
     predictions: list[list[Prediction]] = Field(description="One list per prefix, in order.")
     model: str
     adapted: bool
+    unknown_share: list[float] = Field(description="Per prefix, in order: " + UNKNOWN_HELP)
+    mostly_unknown: list[bool] = Field(description="Per prefix, in order: " + MOSTLY_HELP)
 
 
 class SessionResponse(BaseModel):
@@ -187,7 +200,6 @@ class Batcher:
     def __init__(self, predictor: Predictor, max_rows: int = BATCH_ROWS):
         self.pred = predictor
         self.max_rows = max_rows
-        self.ok = predictor.suggestible()
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -309,7 +321,8 @@ class Batcher:
                     j.future.set_exception(e)
                 i += n
             try:
-                ranked = rank(probs, self.ok, self.pred.vocab.chars, max(j.k for j in jobs)) if ok_jobs else []
+                ok = self.pred.suggestible_after([self.pred.encode(p) for p in prefixes])  # (N, V) per row
+                ranked = rank(probs, ok, self.pred.vocab.chars, max(j.k for j in jobs)) if ok_jobs else []
                 for j, i in ok_jobs:
                     j.future.set_result([[{"char": c, "prob": round(p, 6)} for c, p in r[:j.k]]
                                          for r in ranked[i:i + len(j.prefixes)]])
@@ -332,6 +345,20 @@ class Batcher:
 
 
 # ------------------------------------------------------------------------------------------ errors
+
+
+class Answer(JSONResponse):
+    """The server's JSON (nextchar.files.dumps): UTF-8, with U+2028, U+2029 and U+0085 escaped, so a client that
+    reads an answer line by line (or JavaScript before ES2019) never sees it broken."""
+
+    def render(self, content: Any) -> bytes:
+        return dumps(content, allow_nan=False, separators=(",", ":")).encode("utf-8")
+
+
+def unknown(pred: Predictor, prefixes: list[str]) -> tuple[list[float], list[bool]]:
+    """unknown_share and mostly_unknown of each prefix (the fields every prediction answer carries)."""
+    shares = [round(pred.unknown_share(p), 4) for p in prefixes]
+    return shares, [s >= MOSTLY_UNKNOWN for s in shares]
 
 
 class SafeJSON(JSONResponse):
@@ -457,7 +484,7 @@ def create_app(predictor: Predictor | str | Path, backend: str = "auto", max_ses
 
     # FastAPIOffline: FastAPI whose /docs and /redoc load Swagger UI and ReDoc from files in that package,
     # not from a CDN, so the docs work without internet
-    app = FastAPIOffline(title="nextchar", version="1", lifespan=lifespan,
+    app = FastAPIOffline(title="nextchar", version="1", lifespan=lifespan, default_response_class=Answer,
                          description="Ranks the next character of any text in the model's languages. The web "
                                      f"keyboard is at `/`. Bodies over {max_body} bytes get 413; malformed requests "
                                      "get 422; every error is JSON with an `error` message.")
@@ -479,21 +506,27 @@ def create_app(predictor: Predictor | str | Path, backend: str = "auto", max_ses
     async def predict(req: PredictRequest) -> JSONResponse:
         """The k most likely next characters after `prefix`, adapted to `session` when given."""
         rows = await predictions([req.prefix], req.k, req.session)
-        return JSONResponse({"predictions": rows[0], "model": pred.run_id, "adapted": req.session is not None})
+        shares, mostly = unknown(pred, [req.prefix])
+        return Answer({"predictions": rows[0], "model": pred.run_id, "adapted": req.session is not None,
+                       "unknown_share": shares[0], "mostly_unknown": mostly[0]})
 
     @app.post("/v1/predict/batch", response_model=BatchResponse)
     async def predict_batch(req: BatchRequest) -> JSONResponse:
         """One prediction list per prefix (one model call for all of them)."""
         rows = await predictions(req.prefixes, req.k, req.session)
-        return JSONResponse({"predictions": rows, "model": pred.run_id, "adapted": req.session is not None})
+        shares, mostly = unknown(pred, req.prefixes)
+        return Answer({"predictions": rows, "model": pred.run_id, "adapted": req.session is not None,
+                       "unknown_share": shares, "mostly_unknown": mostly})
 
     @app.post("/v1/complete", response_model=CompleteResponse)
     async def complete(req: CompleteRequest) -> JSONResponse:
         """The k most likely ways to finish the current word of `prefix` (see nextchar.complete for the word rule)."""
         session = sessions.get(req.session) if req.session else None
         rows = await asyncio.wrap_future(batcher.call(lambda: completer.complete(req.prefix, req.k, session)))
-        return JSONResponse({"completions": [{"text": t, "prob": round(p, 6)} for t, p in rows],
-                             "model": pred.run_id, "adapted": session is not None})
+        shares, mostly = unknown(pred, [req.prefix])
+        return Answer({"completions": [{"text": t, "prob": round(p, 6)} for t, p in rows],
+                       "model": pred.run_id, "adapted": session is not None, "unknown_share": shares[0],
+                       "mostly_unknown": mostly[0]})
 
     @app.post("/v1/session/observe", response_model=SessionResponse)
     async def observe(req: ObserveRequest) -> dict:
@@ -528,7 +561,7 @@ def create_app(predictor: Predictor | str | Path, backend: str = "auto", max_ses
                 # on the model thread, like every use of the predictor (once: about a second for the default model)
                 found = await asyncio.wrap_future(batcher.call(lambda: keyboard.layout(pred)))
                 layout.extend(keyboard.as_json(found))
-        return JSONResponse({"model": pred.run_id, "languages": languages, "max_text": sessions.max_text,
+        return Answer({"model": pred.run_id, "languages": languages, "max_text": sessions.max_text,
                              "max_body": max_body, "scripts": layout})
 
     @app.get("/", include_in_schema=False)

@@ -24,7 +24,7 @@ from nextchar.data import BatchSampler, DataSet, open_data
 from nextchar.engine.folder import write_description
 from nextchar.engine.torch_backend import TorchPredictor
 from nextchar.errors import UserError
-from nextchar.evaluate import evaluate
+from nextchar.evaluate import count_positions, evaluate, progress_bar
 from nextchar.model import CharTransformer
 from nextchar.runtime import (
     device_name,
@@ -162,6 +162,20 @@ class Progress:
     def close(self) -> None:
         if self.enabled and self.tty:
             sys.stderr.write("\n")
+
+
+def final_positions(tc: TrainConfig, tokens: int, context: int, languages: int) -> int:
+    """Dev positions per language of result.json's final evaluation: tc.final_eval_positions, fewer for a short
+    run, 0 to skip it (result.json then takes the periodic evaluation of the best step).
+
+    A position costs about one forward pass over `context` characters, a third of what training on them costs,
+    so reading at most one position per `context` characters trained on, per language, keeps the evaluation
+    within about a third of the training's compute (a 10-step run no longer evaluates for minutes after seconds
+    of training); never fewer than the periodic evaluation's eval_positions.
+    """
+    if tc.final_eval_positions == 0:
+        return 0
+    return min(tc.final_eval_positions, max(tc.eval_positions, tokens // (context * max(1, languages))))
 
 
 def fmt_time(s: float) -> str:
@@ -334,6 +348,7 @@ def _train(data: str | Path, out: Path, cfg: RunConfig, device: str, resume: boo
     sampler = BatchSampler(ds, "train", cfg.model.context, micro_bs, tc.seed, tc.lang_temperature, rank(), world(),
                            tc.augment_lower, tc.augment_strip_accents)
     step, tokens, train_seconds, best = 0, 0, 0.0, math.inf
+    best_eval: dict | None = None  # the periodic evaluation that made the best checkpoint (this process's)
     if ck is not None:
         try:
             raw.load_state_dict(at_depth(weights, depth))
@@ -406,8 +421,8 @@ def _train(data: str | Path, out: Path, cfg: RunConfig, device: str, resume: boo
             with open(metrics_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(rec) + "\n")
 
-    def dev_eval(m: CharTransformer, positions: int) -> dict:
-        res = evaluate(TorchPredictor(m, ds.vocab, device=device), ds, "dev", positions)
+    def dev_eval(m: CharTransformer, positions: int, tick=None) -> dict:
+        res = evaluate(TorchPredictor(m, ds.vocab, device=device), ds, "dev", positions, progress=tick)
         m.train()
         return res
 
@@ -426,12 +441,14 @@ def _train(data: str | Path, out: Path, cfg: RunConfig, device: str, resume: boo
         barrier()
 
     def eval_and_save(snap: dict) -> None:
-        nonlocal best
+        nonlocal best, best_eval
         tags: tuple[str, ...] = ()
         if is_main():
             ev = dev_eval(raw, tc.eval_positions)
             dev_loss = ev["macro"]["ce"]
             tags = ("latest", "best") if dev_loss < best else ("latest",)
+            if dev_loss < best:
+                best_eval = ev
             best = min(best, dev_loss)
             log({"step": step, "tokens": tokens, "train_seconds": train_seconds, "dev_loss": dev_loss,
                  "dev_top1": ev["macro"]["top1"], "dev_top3": ev["macro"]["top3"],
@@ -529,11 +546,21 @@ def _train(data: str | Path, out: Path, cfg: RunConfig, device: str, resume: boo
     eval_and_save(snapshot())
     if is_main():
         best_ck = checkpoint.find(out, "best")
-        final_model = full_depth(raw, cfg.model.n_layers)
-        final_model.load_state_dict(checkpoint.load(best_ck, with_optimizer=False)[0])
-        final = dev_eval(final_model, tc.final_eval_positions)
+        best_step = files.read_json(best_ck / "state.json")["step"]
+        n_final = final_positions(tc, tokens, cfg.model.context, len(ds.languages))
+        if best_eval is not None and n_final <= tc.eval_positions:
+            final = best_eval  # skipped, or the periodic evaluation of the best step read as many positions
+        else:
+            n_final = max(n_final, tc.eval_positions)
+            final_model = full_depth(raw, cfg.model.n_layers)
+            final_model.load_state_dict(checkpoint.load(best_ck, with_optimizer=False)[0])
+            short = n_final < tc.final_eval_positions
+            print0(f"final evaluation of the best checkpoint (step {best_step}): {n_final} dev positions per language"
+                   + (f", in proportion to the {tokens:,} characters trained on" if short else ""))
+            with progress_bar("final dev evaluation", count_positions(ds, "dev", n_final), progress) as tick:
+                final = dev_eval(final_model, n_final, tick)
         result = {"run": str(out), "preset": preset, "config": cfg.to_dict(), "params": params,
-                  "best_dev_loss": best, "best_step": files.read_json(best_ck / "state.json")["step"],
+                  "best_dev_loss": best, "best_step": best_step, "final_eval_positions": final["positions"],
                   "dev": final["macro"], "dev_languages": final["languages"],
                   "top1": final["macro"]["top1"], "top3": final["macro"]["top3"], "dev_bpc": final["macro"]["bpc"],
                   "train_seconds": train_seconds, "tokens": tokens, "steps": step, "device": device_name(device),

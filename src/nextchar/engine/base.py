@@ -1,9 +1,11 @@
 """The prediction contract every backend implements, and the rules all of them share.
 
 One place for each rule:
-- text in: `prepare_prefix` (what a surface's prefix becomes before encoding) and `Predictor.encode`;
+- text in: `prepare_prefix` (what a surface's prefix becomes before encoding: the training text's normalization,
+  nextchar.text) and `Predictor.encode`; `unknown_share` (how much of it the vocabulary lacks);
 - the window a model with a bounded context reads: `window_start` / `window` (the typing window);
-- what may be suggested and in which order: `suggestible_mask`, `top_ids`, `rank`;
+- what may be suggested and in which order: `suggestible_mask`, `AttachRule` (marks only where they attach),
+  `top_ids`, `rank`;
 - the typing session (`Session`), built on the public incremental interface start / feed / truncate.
 
 A context (a "history") is the ids of everything typed so far, `encode(prefix)`, without the paragraph start
@@ -22,14 +24,18 @@ from typing import Any
 
 import numpy as np
 
-from nextchar.errors import UserError
-from nextchar.vocab import Vocab
+from nextchar.errors import UserError, check_int, check_text, check_texts
+from nextchar.text import prefix_form
+from nextchar.vocab import UNK, Vocab
 
 START = "\n"  # the context of an empty prefix: the start of a paragraph
 # Unicode categories never offered as a suggestion: controls (newline, tab), line/paragraph separators,
 # surrogates, private use, unassigned. A suggestion line in file mode can then never break.
 NEVER_SUGGESTED = {"Cc", "Zl", "Zp", "Cs", "Co", "Cn"}
 CHUNK = 8192  # prefixes per logprobs call in topk_batch/dist: bounds the (N, V) distributions held at once
+MAX_CHUNK = 65536  # topk_batch's batch_size is capped here: a huge one must not hold millions of rows at once
+UNKNOWN_WINDOW = 32  # the last characters of a prefix that unknown_share looks at
+MOSTLY_UNKNOWN = 0.5  # unknown_share at or above which an answer says the context is mostly outside the vocabulary
 
 State = Any  # a backend's incremental state: opaque to callers, never changed in place by the engine
 
@@ -40,10 +46,18 @@ State = Any  # a backend's incremental state: opaque to callers, never changed i
 def prepare_prefix(prefix: str) -> str:
     """The text a prefix stands for before encoding: the one place where every surface's input is normalized.
 
-    Today the identity (prefixes are taken as typed); normalization of typed text (issue 10) goes here, and
-    with it every surface (CLI, file mode, Python API, server, sessions, adaptation) at once.
+    nextchar.text.prefix_form, the normalization `prepare` gave the training text (NFC, line breaks, controls,
+    whitespace runs), with a typed line break read as a paragraph break and a trailing space kept as one space
+    (see nextchar.text). Every surface (CLI, file mode, Python API, server, sessions, adaptation, completion,
+    every backend) reads its prefixes through it. Raises UserError when prefix is not a str.
     """
-    return prefix
+    return prefix_form(check_text(prefix, "prefix"))
+
+
+def unknown_share(history: np.ndarray) -> float:
+    """The share of the last UNKNOWN_WINDOW ids of a history (H,) that are <unk> (0.0 for an empty history)."""
+    tail = history[-UNKNOWN_WINDOW:]
+    return float(np.count_nonzero(tail == UNK) / len(tail)) if len(tail) else 0.0
 
 
 # -- the window -----------------------------------------------------------------------------------------------
@@ -72,9 +86,11 @@ def window(history: np.ndarray, context: int, start_id: int, stride: int = 1) ->
 
 
 def check_stride(stride: int, context: int) -> int:
-    if not 1 <= stride <= context:
+    """stride as an int in 1..context, else a UserError naming it."""
+    check_int(stride, "stride")
+    if stride > context:
         raise UserError(f"stride {stride}: must be between 1 and the model's context ({context})")
-    return stride
+    return int(stride)
 
 
 # -- suggestions -----------------------------------------------------------------------------------------------
@@ -86,14 +102,114 @@ def suggestible_mask(vocab: Vocab) -> np.ndarray:
                      for i, c in enumerate(vocab.chars)])
 
 
+MARKS = {"Mn", "Mc", "Me"}  # combining and dependent marks: they attach to the character before them
+JOINERS = {"\u200c", "\u200d"}  # zero-width non-joiner/joiner: inside words (Persian, Indic) and emoji sequences
+LOOKBACK = 32  # how far back AttachRule looks past transparent characters for the one a mark would attach to
+# An anchor is the character a suggestion would follow. Its class: BLOCK takes no mark (start of text, space,
+# punctuation, digit, <unk>, ...), SYMBOL only emoji selectors and joiners, a script class (2, 3, ...) the marks of
+# its script and the script-neutral ones; SKIP ids (marks without a script, selectors, joiners) are looked past.
+BLOCK, SYMBOL, SKIP = 0, 1, -1
+
+
+def _script(c: str) -> str:
+    """The script of a letter or mark as its Unicode name says it ("BENGALI VOWEL SIGN AA" -> "BENGALI").
+
+    The standard library has no Script property; the names of the letters and marks of one script start with
+    its name, which is all the rule needs (marks named "COMBINING ..." belong to no script).
+    """
+    return unicodedata.name(c, "").split(" ", 1)[0]
+
+
+class AttachRule:
+    """Where a combining or dependent mark may be suggested: only where it can attach (issue 10, rule 6).
+
+    A mark (category Mn, Mc or Me) is never suggested after the start of the text, a space or line break,
+    punctuation, a digit, a symbol, an unknown character, or a letter of another script: a Bengali vowel sign
+    needs a Bengali letter (or another Bengali sign) before it, a Hebrew point a Hebrew letter. Marks named
+    "COMBINING ..." (no script) may follow a letter of any script; variation selectors (emoji presentation) only a
+    symbol; the zero-width joiners (U+200C/U+200D, which only make sense inside a word or an emoji sequence) a
+    letter, a mark or a symbol. Marks without a script, selectors and joiners are looked past (at most LOOKBACK) to
+    find the character a suggestion would attach to. Decided on ids, so evaluation (token arrays) and prediction
+    (text) agree.
+    """
+
+    def __init__(self, vocab: Vocab, ok: np.ndarray):
+        v = vocab.size
+        classes = {"": BLOCK}
+        role = np.full(v, BLOCK, dtype=np.int64)  # (V,) each id's class as an anchor (SKIP: look further back)
+        # (id, what it attaches to) of restricted ids: a script's name; "" any letter (a mark without a script);
+        # "*" a letter or a symbol (joiners); "S" a symbol (variation selectors: emoji presentation)
+        wants: list[tuple[int, str]] = []
+        for i, c in enumerate(vocab.chars):
+            if vocab.is_special(i):
+                continue
+            cat, cp = unicodedata.category(c), ord(c)
+            if 0xFE00 <= cp <= 0xFE0F or 0xE0100 <= cp <= 0xE01EF:
+                role[i] = SKIP
+                wants.append((i, "S"))
+            elif c in JOINERS:
+                role[i] = SKIP
+                wants.append((i, "*"))
+            elif cat in MARKS:
+                script = "" if unicodedata.name(c, "COMBINING").startswith("COMBINING") else _script(c)
+                if script:
+                    role[i] = classes.setdefault(script, len(classes) + 1)
+                else:
+                    role[i] = SKIP
+                wants.append((i, script))
+            elif cat[0] == "L":
+                role[i] = classes.setdefault(_script(c), len(classes) + 1) if _script(c) else BLOCK
+            elif cat[0] == "S":
+                role[i] = SYMBOL
+        n_classes = max(classes.values()) + 1
+        allowed = np.tile(np.asarray(ok, dtype=bool), (n_classes, 1))  # (C, V)
+        for i, script in wants:
+            allowed[:, i] = False
+            if script in ("*", "S"):
+                allowed[SYMBOL, i] = ok[i]
+                if script == "*":
+                    allowed[SYMBOL + 1:, i] = ok[i]
+            elif script == "":
+                allowed[SYMBOL + 1:, i] = ok[i]
+            elif script in classes:
+                allowed[classes[script], i] = ok[i]
+        self.role, self.allowed = role, allowed
+        self.start_id = vocab.stoi[START]
+
+    def anchor(self, history: np.ndarray) -> int:
+        """The class of the character a suggestion after history (H,) would attach to."""
+        j, stop = len(history) - 1, max(-1, len(history) - 1 - LOOKBACK)
+        while j > stop:
+            r = int(self.role[history[j]])
+            if r != SKIP:
+                return r
+            j -= 1
+        return BLOCK  # the start of the text (START), or only transparent characters within reach
+
+    def rows(self, histories: Sequence[np.ndarray]) -> np.ndarray:
+        """Boolean masks (N, V) of what may be suggested after each history: the base mask less the marks that
+        cannot attach."""
+        last = np.array([h[-1] if len(h) else self.start_id for h in histories], dtype=np.int64)  # (N,)
+        cls = self.role[last]  # (N,)
+        for r in np.flatnonzero(cls == SKIP).tolist():
+            cls[r] = self.anchor(histories[r])
+        return self.allowed[cls]  # (N, V)
+
+    def floor(self) -> int:
+        """How many ids may be suggested after every history (the smallest row count)."""
+        return int(self.allowed.sum(axis=1).min())
+
+
 def top_ids(probs: np.ndarray, ok: np.ndarray, k: int) -> np.ndarray:
     """The k most likely ids with ok[id] (N, k) per row of probabilities (N, V), best first.
 
-    Equal probabilities go to the lower id (a stable sort's order); k is capped at the number of suggestible ids.
+    ok is a mask (V,) for every row, or one per row (N, V). Equal probabilities go to the lower id (a stable
+    sort's order); k is capped at the most suggestible ids of a row, and a row with fewer has -1 in its last
+    places.
     """
-    if k < 1:
-        raise UserError(f"-k {k}: must be at least 1")
-    k = min(k, int(ok.sum()))
+    k = check_int(k, "k")
+    counts = ok.sum(axis=-1)  # () or (N,)
+    k = min(k, int(np.max(counts))) if np.size(counts) else min(k, ok.shape[-1])
     p = np.where(ok, probs, -1.0)  # (N, V)
     if k <= 8:
         # k argmax passes are linear in V where a sort is not; argmax picks the first (lowest) of equal ids,
@@ -103,21 +219,27 @@ def top_ids(probs: np.ndarray, ok: np.ndarray, k: int) -> np.ndarray:
         for j in range(k):
             top[:, j] = p.argmax(axis=1)
             p[rows, top[:, j]] = -2.0  # below every probability: never picked again
-        return top
-    return np.argsort(-p, axis=1, kind="stable")[:, :k]  # (N, k)
+    else:
+        top = np.argsort(-p, axis=1, kind="stable")[:, :k]  # (N, k)
+    if ok.ndim == 2 and (counts < k).any():
+        top[np.arange(k)[None, :] >= counts[:, None]] = -1  # (N, k) past a row's suggestible ids
+    return top
 
 
 def rank(probs: np.ndarray, ok: np.ndarray, chars: Sequence[str], k: int) -> list[list[tuple[str, float]]]:
-    """The k most likely ids with ok[id] per row of (N, V) probabilities as (char, prob), best first."""
+    """The k most likely ids with ok[id] per row of (N, V) probabilities as (char, prob), best first.
+
+    ok: a mask (V,), or one per row (N, V) (AttachRule.rows); a row with fewer suggestible ids has fewer pairs.
+    """
     top = top_ids(probs, ok, k)  # (N, k)
-    vals = np.take_along_axis(probs, top, axis=1)  # (N, k)
+    vals = np.take_along_axis(probs, np.maximum(top, 0), axis=1)  # (N, k)
     # Tens of thousands of new lists would set off full garbage collections over every object of torch and
     # onnxruntime (up to half a second in file mode); none of these can form a cycle.
     paused = gc.isenabled() and len(top) > 1000
     if paused:
         gc.disable()
     try:
-        return [[(chars[j], q) for j, q in zip(ids, qs)] for ids, qs in zip(top.tolist(), vals.tolist())]
+        return [[(chars[j], q) for j, q in zip(ids, qs) if j >= 0] for ids, qs in zip(top.tolist(), vals.tolist())]
     finally:
         if paused:
             gc.enable()
@@ -144,6 +266,7 @@ class Predictor:
         self.run_id = run_id
         self.start_id = vocab.stoi[START]
         self._ok: np.ndarray | None = None
+        self._attach: AttachRule | None = None
 
     # -- what a backend implements ---------------------------------------------------------------------------
     def logprobs(self, contexts: list[np.ndarray]) -> np.ndarray:
@@ -191,13 +314,31 @@ class Predictor:
         return self.vocab.encode(prepare_prefix(prefix)).astype(np.int64)
 
     def suggestible(self) -> np.ndarray:
-        """Boolean mask (V,) of ids that may be suggested (see suggestible_mask)."""
+        """Boolean mask (V,) of ids that may ever be suggested (see suggestible_mask)."""
         if self._ok is None:
             self._ok = suggestible_mask(self.vocab)
         return self._ok
 
+    def attach_rule(self) -> AttachRule:
+        """The rule that keeps marks where they can attach (see AttachRule), built once per predictor."""
+        if self._attach is None:
+            self._attach = AttachRule(self.vocab, self.suggestible())
+        return self._attach
+
+    def suggestible_after(self, histories: Sequence[np.ndarray]) -> np.ndarray:
+        """Boolean masks (N, V) of the ids that may be suggested after each history: suggestible() less the marks
+        that cannot attach to what the history ends with (AttachRule). What every ranking uses."""
+        return self.attach_rule().rows(histories)
+
+    def unknown_share(self, prefix: str) -> float:
+        """The share of the last UNKNOWN_WINDOW characters of prefix (as prepare_prefix reads it) that the
+        vocabulary lacks: at MOSTLY_UNKNOWN or more the context is mostly outside what the model knows (another
+        script or language) and its suggestions are guesses; a caller may fall back to something else."""
+        return unknown_share(self.encode(prefix))
+
     def dist(self, prefixes: list[str]) -> np.ndarray:
         """Probabilities (N, V) of the next id after each prefix."""
+        prefixes = check_texts(prefixes, "prefixes")
         if not prefixes:
             return np.zeros((0, self.vocab.size))
         return np.concatenate([np.exp(self.logprobs([self.encode(p) for p in prefixes[i:i + CHUNK]]))
@@ -208,26 +349,31 @@ class Predictor:
         """The k most likely distinct suggestible characters with probabilities, best first, per prefix.
 
         `stride` reads every prefix through the window a typing `Session` with that stride shows (default: this
-        predictor's own). batch_size is a floor on prefixes per logprobs call (at least CHUNK go together, so
-        windows of a typing trace can share a forward pass).
+        predictor's own; a backend without a window takes any). batch_size is a floor on prefixes per logprobs
+        call (at least CHUNK and at most MAX_CHUNK go together, so windows of a typing trace can share a forward
+        pass). k is capped at the characters that may follow a prefix. Raises UserError naming the argument for
+        prefixes that are not a list of strings, k, batch_size or stride below 1 or not whole numbers, a stride
+        past a windowed model's context.
         """
-        if k < 1:
-            raise UserError(f"-k {k}: must be at least 1")
-        pred = self if stride is None else self.windowed(stride)
-        ok, out = self.suggestible(), []
-        chunk = max(batch_size, CHUNK)
+        prefixes = check_texts(prefixes, "prefixes")
+        k = check_int(k, "k")
+        batch_size = check_int(batch_size, "batch_size")
+        pred = self if stride is None else self.windowed(check_int(stride, "stride"))
+        out: list[list[tuple[str, float]]] = []
+        chunk = min(max(batch_size, CHUNK), MAX_CHUNK)
         for i in range(0, len(prefixes), chunk):
-            lp = pred.logprobs([self.encode(p) for p in prefixes[i:i + chunk]])  # (n, V)
-            out.extend(rank(np.exp(lp), ok, self.vocab.chars, k))
+            hist = [self.encode(p) for p in prefixes[i:i + chunk]]
+            lp = pred.logprobs(hist)  # (n, V)
+            out.extend(rank(np.exp(lp), self.suggestible_after(hist), self.vocab.chars, k))
         return out
 
     def topk(self, prefix: str, k: int = 3) -> list[tuple[str, float]]:
         """topk_batch of one prefix."""
-        return self.topk_batch([prefix], k)[0]
+        return self.topk_batch([check_text(prefix, "prefix")], k)[0]
 
     def session(self, stride: int | None = None) -> Session:
         """A new typing session (one user's incremental state); `stride` as in topk_batch."""
-        return Session(self if stride is None else self.windowed(stride))
+        return Session(self if stride is None else self.windowed(check_int(stride, "stride")))
 
     def _with(self, **changes) -> Predictor:
         """A shallow copy with some attributes changed (sharing the model)."""
@@ -290,4 +436,10 @@ class Session:
 
     def topk(self, prefix: str, k: int = 3) -> list[tuple[str, float]]:
         """What Predictor.topk shows for this prefix, computed incrementally."""
-        return rank(self.dist(prefix)[None], self.pred.suggestible(), self.pred.vocab.chars, k)[0]
+        k = check_int(k, "k")
+        probs = self.dist(prefix)[None]  # (1, V)
+        return rank(probs, self.pred.suggestible_after([self._ids]), self.pred.vocab.chars, k)[0]
+
+    def unknown_share(self, prefix: str) -> float:
+        """Predictor.unknown_share of this prefix."""
+        return self.pred.unknown_share(prefix)

@@ -11,7 +11,7 @@ from pathlib import Path
 from nextchar import models
 from nextchar.engine.base import Predictor
 from nextchar.engine.folder import describe, onnx_form
-from nextchar.errors import UserError
+from nextchar.errors import UserError, check_int
 from nextchar.vocab import Vocab
 
 # auto: an export or a packaged ONNX form runs with onnxruntime (no torch to import: a fast start), a training
@@ -21,6 +21,8 @@ BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 
 def resolve(path_or_name: str | Path) -> Path:
     """The folder of a path, or of a shipped model's name (`default`); UserError naming both when neither."""
+    if not isinstance(path_or_name, str | Path):
+        raise UserError(f"path_or_name: expected a folder or a model name, got {type(path_or_name).__name__}")
     path = Path(path_or_name)
     if path.is_dir():
         return path
@@ -43,6 +45,13 @@ def load(path_or_name: str | Path, backend: str = "auto", device: str = "cpu", t
     """
     if backend not in BACKENDS:
         raise UserError(f"--backend {backend!r}: unknown backend (choose from {', '.join(BACKENDS)})")
+    if device not in ("cpu", "cuda"):
+        raise UserError(f"--device {device!r}: choose cpu or cuda")
+    if threads is not None:
+        check_int(threads, "threads", 0, 4096)
+    check_int(stride, "stride")
+    if tag not in ("best", "latest"):
+        raise UserError(f"tag {tag!r}: choose best or latest")
     folder = resolve(path_or_name)
     if backend.startswith("onnx") and not (folder / "config.json").is_file():
         raise UserError(f"{folder}: not an export folder (no config.json); write one with `nextchar export`")
