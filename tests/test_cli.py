@@ -116,3 +116,62 @@ def test_predict_without_run_uses_the_shipped_model(tmp_path):
     r = cli("predict", "--input", tmp_path / "p.txt", "--output", tmp_path / "o.txt", "--threads", 1)
     assert r.exit_code == 0
     assert [len(x) for x in (tmp_path / "o.txt").read_text(encoding="utf-8").split("\n")] == [3, 3, 0]
+
+
+def test_help_texts():
+    from nextchar.engine.load import BACKENDS
+
+    r = cli("train", "--help")
+    assert "TOML file with [model] and [train] tables" in " ".join(r.output.replace("│", " ").split())
+    for cmd in ("serve", "predict", "eval", "complete"):
+        out = " ".join(cli(cmd, "--help").output.replace("│", " ").split())
+        assert all(b in out for b in BACKENDS), cmd
+    for cmd in ("predict", "complete"):
+        out = " ".join(cli(cmd, "--help").output.replace("│", " ").split())
+        assert "A prefix that starts with '-' goes after '--'" in out
+
+
+def test_predict_json_for_one_prefix_and_the_unknown_warning(tiny_run):
+    r = cli("predict", "--run", tiny_run, "--threads", 1, "--json", "-k", 2, "--", "-a\u2028b")
+    assert r.exit_code == 0 and "\u2028" not in r.stdout and len(r.stdout.splitlines()) == 1
+    rec = json.loads(r.stdout)
+    assert rec["prefix"] == "-a\u2028b" and len(rec["chars"]) == len(rec["probs"]) == 2
+    assert rec["unknown_share"] == 0.0 and rec["mostly_unknown"] is False and r.stderr == ""
+    r = cli("predict", "--run", tiny_run, "--threads", 1, "日本語のテキスト")
+    assert r.exit_code == 0 and len(r.stdout.splitlines()) == 3
+    assert r.stderr.startswith("warning: 100% of the last 8 characters are outside the model's vocabulary")
+    assert len(r.stderr.splitlines()) == 1
+    r = cli("complete", "--run", tiny_run, "--threads", 1, "--json", "Hello wor")
+    assert r.exit_code == 0 and json.loads(r.stdout)["prefix"] == "Hello wor"
+
+
+@pytest.mark.parametrize("args,needle", [
+    (("predict", "-k", 0, "abc"), "-k 0: must be at least 1"),
+    (("predict", "-k", -2, "abc"), "-k -2: must be at least 1"),
+    (("predict", "--threads", -1, "abc"), "--threads -1"),
+    (("complete", "--beam", 0, "abc"), "--beam 0"),
+    (("complete", "-k", 0, "abc"), "-k 0"),
+    (("eval", "--positions", 0), "--positions 0: must be at least 1"),
+    (("eval", "--positions", -5), "--positions -5"),
+    (("eval", "--threads", -3), "--threads -3"),
+    (("prepare", "--out", "{tmp}/d", "--min-count", 0), "--min-count 0: must be at least 1"),
+    (("serve", "--threads", -1), "--threads -1"),
+    (("mix", "--transformer", "{run}", "--ngram", "{run}", "--out", "{tmp}/m", "--positions", 0), "--positions 0"),
+    (("export", "--run", "{run}", "--out", "{tmp}/e", "--eval-positions", -1), "--eval-positions -1"),
+    (("train", "--data", "{tmp}", "--out", "{tmp}/r", "--model", "ngram", "--order", 13), "--order 13"),
+])
+def test_numeric_options_are_checked_before_any_work(args, needle, tiny_run, tmp_path):
+    r = cli(*[str(a).format(tmp=tmp_path, run=tiny_run) for a in args] + (
+        ["--run", str(tiny_run)] if args[0] == "eval" else []))
+    assert r.exit_code == 2, r.output
+    assert r.output.strip().splitlines() == [f"error: {r.output.strip().removeprefix('error: ')}"]
+    assert needle in r.output and "Traceback" not in r.output
+
+
+def test_eval_shows_its_progress(tiny_run, tiny_data_dir, tmp_path):
+    r = cli("eval", "--run", tiny_run, "--data", tiny_data_dir, "--positions", 7, "--threads", 1, "--out", tmp_path)
+    assert r.exit_code == 0, r.output
+    assert "eval test" in r.stderr and "positions" in r.stderr and "ETA" in r.stderr
+    res = json.loads((tmp_path / "eval_test.json").read_text())
+    n = sum(v["n"] for v in res["languages"].values())
+    assert f"{n}/{n}" in r.stderr

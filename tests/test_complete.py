@@ -238,6 +238,15 @@ def test_cli_prefix_and_file_mode(tiny_run, pred, tmp_path):
                        (["-k", "0", "a"], "-k 0"), (["--beam", "0", "a"], "beam 0")]:
         r = runner.invoke(app, ["complete", "--run", str(tiny_run), *args])
         assert r.exit_code == 2 and says in r.output, r.output
+    # JSON lines: universal newlines in, U+2028/U+2029/U+0085 escaped out, one record per prefix
+    src.write_bytes("Hello wor\rab\u2028c\r\nx\x85y\n".encode("utf-8"))
+    r = runner.invoke(app, ["complete", "--run", str(tiny_run), "--input", str(src), "--output", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    text = out.read_text(encoding="utf-8")
+    assert not {"\u2028", "\x85"} & set(text)
+    rows = [json.loads(x) for x in text.splitlines()]
+    assert [x["prefix"] for x in rows] == ["Hello wor", "ab\u2028c", "x\x85y"]
+    assert rows[1]["completions"] == [s for s, _ in complete(pred, "ab\nc")]
 
 
 def test_http_complete(pred):

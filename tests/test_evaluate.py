@@ -87,3 +87,58 @@ def test_results_go_where_asked_and_never_into_a_shipped_model(tiny_run, tiny_da
     assert results_path(run, "test", tmp_path) == tmp_path / "eval_test.json"
     with pytest.raises(UserError, match="--split"):
         eval_run(run, "valid")
+
+
+MARKED = Vocab(["<unk>", "\n", " ", "a", "\u0995", "\u09be"])  # Bengali KA and the vowel sign AA (Mc)
+
+
+class MarkToy(Predictor):
+    """Always ranks the vowel sign first, then KA, then a space."""
+
+    def __init__(self):
+        super().__init__(MARKED, context=1)
+
+    def logprobs(self, contexts):
+        return np.log(np.tile([0.01, 0.04, 0.15, 0.1, 0.3, 0.4], (len(contexts), 1)))
+
+
+def test_evaluation_scores_what_the_product_can_show():
+    """The sign after a space or the paragraph start is never shown, so never a hit; after KA it is."""
+    text = "\u0995\u09be \u09be\u0995 a\u09be"
+    arr = MARKED.encode(text)
+    ds = DataSet(Path("toy"), MARKED, {}, ["bn"], {("bn", "dev"): arr})
+    m = evaluate(MarkToy(), ds, "dev", positions=100)["languages"]["bn"]
+    # shown: KA, space, a at the start; sign, KA, space after KA; KA, space, a after a space or "a"
+    # targets: KA (start: 1st), sign (after KA: 1st), space (after the sign, whose class is Bengali: sign, KA,
+    # space: 3rd), sign (after a space: never shown), KA (after the sign: 2nd), space (after KA: 3rd), a (after a
+    # space: 3rd), sign (after a Latin letter: never shown)
+    assert (m["n"], m["top1"], m["top3"]) == (8, 2 / 8, 6 / 8)
+    p = MarkToy()
+    prefixes = [text[:i] for i in range(len(text))]
+    hits = [text[i] in [c for c, _ in r] for i, r in enumerate(p.topk_batch(prefixes, 3))]
+    assert sum(hits) / len(hits) == m["top3"]  # one code path: what topk_batch shows
+
+
+def test_evaluation_hits_are_the_suggestions_of_topk_batch(tiny_run, tiny_data_dir):
+    from nextchar import engine
+    from nextchar.data import eval_positions, open_data
+
+    pred, ds = engine.load(tiny_run), open_data(tiny_data_dir)
+    res = evaluate(pred, ds, "dev", positions=40)
+    for lang in ("bn", "fr", "emoji"):
+        arr = ds.split(lang, "dev")
+        pos = eval_positions(len(arr), 40).tolist()
+        shown = pred.topk_batch([pred.vocab.decode(arr[:p]) for p in pos], 3)
+        hits = [pred.vocab.chars[arr[p]] in [c for c, _ in r] for p, r in zip(pos, shown)]
+        assert res["languages"][lang]["top3"] == sum(hits) / len(hits), lang
+
+
+def test_progress_is_reported_per_batch():
+    seen = []
+    ds = toy_data({"xx": "ab a\nb" * 10, "yy": "bb"})
+    evaluate(Toy(), ds, "dev", positions=100, batch_size=16, progress=lambda lang, n: seen.append((lang, n)))
+    assert seen == [("xx", 16), ("xx", 16), ("xx", 16), ("xx", 12), ("yy", 2)]
+    with pytest.raises(UserError, match="positions 0: must be at least 1"):
+        evaluate(Toy(), ds, "dev", positions=0)
+    with pytest.raises(UserError, match="batch_size: expected a whole number"):
+        evaluate(Toy(), ds, "dev", batch_size=None)

@@ -122,3 +122,17 @@ def test_the_cli_imports_no_heavy_module_before_a_command_needs_it():
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
+
+
+@pytest.mark.skipif(not (ROOT / "README.md").exists(), reason="needs the source tree")
+def test_documents_link_only_to_files_inside_the_repository():
+    import re
+
+    docs = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    for doc in docs:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", doc.read_text(encoding="utf-8")):
+            if re.match(r"[a-z]+:", target):
+                continue  # a URL
+            path = (doc.parent / target).resolve()
+            assert path.is_relative_to(ROOT.resolve()), f"{doc.name} links outside the repository: {target}"
+            assert path.exists(), f"{doc.name} links to a missing file: {target}"

@@ -229,3 +229,30 @@ def test_cli_serve_reports_a_taken_port(tiny_run):
         assert r.exit_code == 2 and "--port" in r.output
     finally:
         sock.close()
+
+
+def test_answers_escape_the_characters_some_readers_take_for_line_breaks(tiny_ngram_run, tmp_path):
+    """Every JSON answer goes through files.dumps: a model id (a folder name) with U+2028, U+2029 or U+0085 is
+    escaped, never raw, so the answer stays one line for str.splitlines() and old JavaScript."""
+    import shutil
+
+    folder = tmp_path / "ng\u2028a\u2029b\x85c"
+    shutil.copytree(tiny_ngram_run, folder)
+    with TestClient(create_app(folder), raise_server_exceptions=True) as c:
+        for path, body in (("/v1/predict", {"prefix": "a\u2028b"}), ("/v1/predict/batch", {"prefixes": ["a", "b"]}),
+                           ("/v1/complete", {"prefix": "Hello wo"}), ("/healthz", None), ("/v1/keys", None)):
+            r = c.post(path, json=body) if body is not None else c.get(path)
+            assert r.status_code == 200, r.text
+            assert not {"\u2028", "\u2029", "\x85"} & set(r.content.decode("utf-8")), path
+            assert len(r.content.decode("utf-8").splitlines()) == 1 and r.json()["model"] == folder.name
+        ok = c.post("/v1/session/observe", json={"session": "s", "text": "x\u2028y"})
+        assert ok.status_code == 200 and ok.json()["history_chars"] == 4  # START, x, \n, y
+
+
+def test_predictions_carry_unknown_share(client):
+    body = client.post("/v1/predict", json={"prefix": "日本語のテキスト"}).json()
+    assert body["unknown_share"] == 1.0 and body["mostly_unknown"] is True
+    body = client.post("/v1/predict", json={"prefix": "Hello wor"}).json()
+    assert body["unknown_share"] == 0.0 and body["mostly_unknown"] is False
+    body = client.post("/v1/complete", json={"prefix": "नमस्ते दुनिया"}).json()
+    assert body["unknown_share"] == round(12 / 13, 4) and body["mostly_unknown"] is True

@@ -197,3 +197,57 @@ def test_every_http_surface_reads_a_prefix_as_its_normalized_form(folder):
         assert ja["unknown_share"] == 1.0 and ja["mostly_unknown"] is True
         batch = post("/v1/predict/batch", prefixes=["Hello", "日本語のテキスト"])
         assert batch["mostly_unknown"] == [False, True] and len(batch["unknown_share"]) == 2
+
+
+# ------------------------------------------------------------------------------------------ the shipped model
+
+# EXPECTED VALUES OF THE SHIPPED DEFAULT MODEL (src/nextchar/models/default). Update this table, and only this
+# table, when the default model is replaced: each prefix's top-3 characters, and its top probability where the
+# issue gave one. The rules below it (raw == normalized, no mark that cannot attach, unknown scripts flagged)
+# hold for any model.
+DEFAULT_TOP3 = {
+    "J'aime le caf\u00e9": ([" ", ",", "s"], 0.761),
+    "Příliš žluťoučký ků": (["m", "ž", "n"], None),
+    "Hello wor": (["d", "l", "e"], None),
+    "\u0986\u09ae\u09be\u09b0 \u09a8\u09be\u09ae ": (["\u0995", "\u09b8", "\u09aa"], None),
+}
+# raw as people type it -> its key in DEFAULT_TOP3 (or another prefix that must answer alike)
+DEFAULT_RAW = [
+    ("J'aime le cafe\u0301", "J'aime le caf\u00e9"),
+    (unicodedata.normalize("NFD", "Příliš žluťoučký ků"), "Příliš žluťoučký ků"),
+    ("Hello\twor", "Hello wor"),
+    ("Hello \u00a0wor", "Hello wor"),
+    ("\u0986\u09ae\u09be\u09b0 \u09a8\u09be\u09ae\t", "\u0986\u09ae\u09be\u09b0 \u09a8\u09be\u09ae "),
+    ("Hello\r\nwor", "Hello\nwor"),
+    ("Hello\r", "Hello\r\n"),
+]
+
+
+@pytest.fixture(scope="module")
+def default():
+    return engine.load("default", threads=1)
+
+
+def test_the_issue_examples_on_the_shipped_model(default):
+    for raw, norm in DEFAULT_RAW:
+        assert default.topk(raw, 3) == default.topk(norm, 3), repr(raw)
+    for prefix, (top3, p1) in DEFAULT_TOP3.items():
+        got = default.topk(prefix, 3)
+        assert [c for c, _ in got] == top3, prefix
+        if p1 is not None:
+            assert got[0][1] == pytest.approx(p1, abs=5e-4)
+
+
+def test_no_mark_that_cannot_attach_on_the_shipped_model(default):
+    marks = {c for c in default.vocab.chars[1:] if unicodedata.category(c) in ("Mn", "Mc", "Me")}
+    for prefix in ["\u0130S", "", "\u0986\u09ae\u09be\u09b0 \u09a8\u09be\u09ae ", "Hello", "12", "\u05e9\u05dc\u05d5\u05dd,",
+                   "\u0645\u0631\u062d\u0628\u0627 ", "\u0986\u09ae\u09be\u09b0 \u09a8\u09be\u09ae."]:
+        assert not {c for c, _ in default.topk(prefix, default.vocab.size)} & marks, prefix
+    assert {c for c, _ in default.topk("\u0986\u09ae", default.vocab.size)} & marks  # after a Bengali letter
+
+
+def test_unknown_scripts_are_flagged_on_the_shipped_model(default):
+    for prefix in ["日本語のテキストです", "你好，世界", "नमस्ते दुनिया"]:
+        assert default.unknown_share(prefix) >= 0.5, prefix
+    for prefix in ["Hello wor", "Příliš žluťoučký ků", "\u0986\u09ae\u09be\u09b0 \u09a8\u09be\u09ae "]:
+        assert default.unknown_share(prefix) == 0.0, prefix

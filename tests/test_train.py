@@ -267,3 +267,26 @@ echo $? >> {tmp_path}/resumed
     assert step == "5" and eval(names) == ["best.json", "latest.json", "step-0000005"]  # no half-written folder
     resumed = (tmp_path / "resumed").read_text()
     assert "resuming" in resumed and "done: 12 steps" in resumed and resumed.split()[-1] == "0", resumed
+
+
+def test_the_final_evaluation_costs_in_proportion_and_says_so(tiny_data_dir, tmp_path, capsys):
+    from nextchar.train import final_positions
+
+    tc = tiny().train  # eval_positions 20, final_eval_positions 2000
+    assert final_positions(tc, 10_000, 32, 9) == max(20, 10_000 // (32 * 9)) == 34
+    assert final_positions(tc, 10**9, 32, 9) == 2000 and final_positions(tc, 100, 32, 9) == 20
+    tc.final_eval_positions = 0
+    assert final_positions(tc, 10**9, 32, 9) == 0
+    res = train(tiny_data_dir, tmp_path / "a", tiny(max_steps=40, eval_every=20), progress=False)
+    out = capsys.readouterr().out
+    assert res["final_eval_positions"] == 40 * 8 * 32 // (32 * 9) == 35
+    assert "final evaluation of the best checkpoint" in out and "35 dev positions per language" in out
+    assert "in proportion to the 10,240 characters trained on" in out
+    assert {v["n"] for v in res["dev_languages"].values()} <= {35}
+    # skipped: result.json takes the periodic evaluation of the best step
+    res = train(tiny_data_dir, tmp_path / "b", tiny(max_steps=40, eval_every=20, final_eval_positions=0),
+                progress=False)
+    lines = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    best = min((x for x in lines if "dev_loss" in x), key=lambda x: x["dev_loss"])
+    assert "final evaluation" not in capsys.readouterr().out
+    assert res["final_eval_positions"] == 20 and res["top3"] == best["dev_top3"] and res["dev"]["ce"] == best["dev_loss"]

@@ -79,6 +79,7 @@ def prepare(
     """Normalize a corpus, split it per language and write the vocabulary and token arrays."""
     from nextchar.corpus import prepare as run
 
+    check_int(min_count, "--min-count")
     run(out, corpus, min_count)
 
 
@@ -359,6 +360,7 @@ def serve(
     from nextchar.serve import default_limits
     from nextchar.serve import serve as run_server
 
+    check_threads(threads)
     if max_per_address < 0:
         raise UserError(f"--max-per-address {max_per_address}: must be >= 0 (0 = no bound)")
     limits = dataclasses.replace(default_limits(), per_address=max_per_address)
@@ -380,6 +382,7 @@ def export(
     from nextchar.export import export as run_export
     from nextchar.export import format_summary
 
+    check_int(eval_positions, "--eval-positions", 0)
     threads_option(threads)
     typer.echo(format_summary(run_export(run, out, fmt=format, int8=int8, positions=eval_positions)))
 
@@ -397,6 +400,7 @@ def mix(
     """Interpolate a Transformer with the n-gram (weight tuned on dev) into a run usable by eval/predict/serve."""
     from nextchar.mix import make_mixture
 
+    check_int(positions, "--positions")
     threads_option(threads)
     make_mixture(transformer, ngram, out, data, positions)
 

@@ -152,6 +152,8 @@ class Completer:
     def __init__(self, pred: Predictor, config: CompletionConfig | None = None, memo_size: int = 4096,
                  states: int = 256):
         self.config = config or CompletionConfig()
+        check_int(memo_size, "memo_size")
+        check_int(states, "states", 0)
         self.pred = pred.windowed(min(self.config.stride, pred.context))
         self.ids = word_ids(pred)
         self.incremental = bool(pred.incremental and self.config.incremental)
@@ -207,12 +209,18 @@ class Completer:
                 todo.setdefault(key, []).append(i)
         if not todo:
             return out
+        fresh: dict[bytes, np.ndarray] = {}  # this call's results (a small memo may already have evicted some)
+
+        def keep(key: bytes, lp: np.ndarray, state: object = None) -> None:
+            fresh[key] = lp
+            self._remember(key, lp, state)
+
         first = [v[0] for v in todo.values()]
         self.computed += len(first)
         if not self.incremental:
             self.calls += 1
             for key, lp in zip(todo, pred.logprobs([nodes[i] for i in first])):
-                self._remember(key, lp.copy())  # not a view: the batch's array is freed
+                keep(key, lp.copy())  # not a view: the batch's array is freed
         else:
             parent = {i: self._states.get(self._key(nodes[i][:-1])) for i in first if len(nodes[i])}
             batch = [i for i, st in parent.items() if st is not None]
@@ -220,7 +228,7 @@ class Completer:
                 self.calls += 1
                 states, lps = pred.feed_many([parent[i] for i in batch], np.array([nodes[i][-1] for i in batch]))
                 for i, st, lp in zip(batch, states, lps):
-                    self._remember(keys[i], lp.copy(), st)
+                    keep(keys[i], lp.copy(), st)
             for i in sorted(set(first) - set(batch)):  # no parent state: from the longest remembered ancestor
                 self.calls += 1
                 ids, j, state = nodes[i], len(nodes[i]), None
@@ -230,9 +238,9 @@ class Completer:
                 if state is None:
                     j, state = 0, pred.start()
                 state, lp = pred.feed(state, ids[j:])
-                self._remember(keys[i], lp.copy(), state)
+                keep(keys[i], lp.copy(), state)
         for key, idx in todo.items():
-            out[idx] = self._memo[key]
+            out[idx] = fresh[key]
         return out
 
     def _logprobs(self, prefix: str, root: np.ndarray, paths: list[str], session: AdaptiveSession | None
@@ -260,6 +268,8 @@ class Completer:
         """
         k = check_int(k, "k")
         check_text(prefix, "prefix")
+        if isinstance(exclude, str) or not all(isinstance(x, str) for x in exclude):
+            raise UserError("exclude: expected a collection of strings (completions not to offer)")
         cfg, ids = self.config, self.ids
         root = self._root(prefix)
         max_chars = cfg.max_chars

@@ -24,7 +24,7 @@ from nextchar.engine.base import START, Predictor, rank
 from nextchar.engine.folder import data_dir, describe, write_description
 from nextchar.engine.onnx_backend import OnnxPredictor, cache_names
 from nextchar.engine.torch_backend import TorchPredictor
-from nextchar.errors import UserError
+from nextchar.errors import UserError, check_int
 from nextchar.files import atomic_write_bytes, read_json
 from nextchar.model import CharTransformer
 from nextchar.vocab import Vocab
@@ -292,6 +292,8 @@ def is_export(folder: Path) -> bool:
 def export(run: str | Path, out: str | Path, fmt: str = "onnx", int8: bool = False, positions: int = 200,
            parity_prefixes: int = 1000) -> dict:
     """`nextchar export`: write OUT (graphs, vocabulary, config), check parity, measure int8's accuracy change."""
+    check_int(positions, "--eval-positions", 0)
+    check_int(parity_prefixes, "parity_prefixes", 0)
     run, out = Path(run), Path(out)
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r}: unknown export format (choose from {', '.join(FORMATS)})")

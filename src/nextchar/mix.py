@@ -10,7 +10,7 @@ import numpy as np
 from nextchar import engine, safefs
 from nextchar.data import eval_positions, open_data
 from nextchar.engine.folder import component_path, data_dir, describe, write_description
-from nextchar.errors import UserError
+from nextchar.errors import UserError, check_int
 
 WEIGHT_GRID = [i / 20 for i in range(1, 20)]  # candidate weights of the first component
 
@@ -43,6 +43,7 @@ def make_mixture(transformer: str | Path, ngram: str | Path, out: str | Path, da
                  positions: int = 500) -> dict:
     """Write a run directory that interpolates a Transformer run and an n-gram run (components stored relative
     to the mixture's folder when inside it, so the folder can move)."""
+    positions = check_int(positions, "positions")
     out = Path(out)
     if (out / "config.json").exists():
         raise UserError(f"{out}: already holds a run (use another --out)")

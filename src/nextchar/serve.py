@@ -33,7 +33,7 @@ from nextchar.adapt import MAX_SESSIONS, MAX_TEXT, WEIGHTS, AdaptiveSession, Ses
 from nextchar.complete import Completer
 from nextchar.connguard import Guard, Limits, guarded_protocol
 from nextchar.engine.base import MOSTLY_UNKNOWN, UNKNOWN_WINDOW, Predictor, rank
-from nextchar.errors import UserError
+from nextchar.errors import UserError, check_int
 from nextchar.files import dumps
 
 MAX_BODY = 64 * 1024  # bytes of request body; a prefix longer than this is useless to any model anyway
@@ -465,6 +465,7 @@ def create_app(predictor: Predictor | str | Path, backend: str = "auto", max_ses
 
     sessions_db: an SQLite file holding the sessions' remembered text, shared by every server process that is
     given the same file (see sharedsessions); None keeps them in this process's memory."""
+    check_int(max_body, "max_body")
     pred = (predictor if isinstance(predictor, Predictor)
             else engine.load(predictor, backend=backend, threads=threads))
     if sessions_db is not None:

@@ -13,7 +13,7 @@ from nextchar.data import open_data
 from nextchar.engine.base import START
 from nextchar.engine.folder import write_description
 from nextchar.engine.ngram_backend import NGramPredictor
-from nextchar.errors import UserError
+from nextchar.errors import UserError, check_int
 from nextchar.evaluate import evaluate
 from nextchar.files import atomic_write_json
 from nextchar.ngram import NGramModel
@@ -25,8 +25,11 @@ def train_ngram(data: str | os.PathLike[str], out: str | os.PathLike[str], order
     out = Path(out)
     if (out / "config.json").exists():
         raise UserError(f"{out}: run directory already holds a run (use another --out)")
-    if order is not None and not 1 <= order <= 12:
-        raise UserError(f"--order {order}: choose 1 to 12 (0 = choose on dev)")
+    if order is not None:
+        check_int(order, "--order", 1, 12)
+    check_int(max_order, "max_order", 2, 12)
+    check_int(select_positions, "select_positions")
+    check_int(final_positions, "final_positions")
     ds = open_data(data)
     start = ds.vocab.stoi[START]
     t0 = time.time()
