@@ -124,3 +124,26 @@ def test_tune_finds_weights_no_worse_than_none(pred, tiny_data_dir):
     # λc = 0 is on the grid, so the cache can only help (the tiny corpus repeats itself a lot)
     assert summary["bpc_adapted"] < summary["bpc_plain"]
     assert "CACHE_WEIGHTS = (" in format_weights(w)
+
+
+def test_bad_arguments_are_user_errors_naming_them(pred):
+    for kw, needle in ((dict(uniform="x"), "uniform: expected a finite number"), (dict(uniform=0), "uniform 0"),
+                       (dict(escape=-1.0), "escape -1"), (dict(cache=(("a", 0, 0),)), "cache")):
+        with pytest.raises(UserError, match=needle):
+            Weights(**{"cache": WEIGHTS.cache, **kw})
+    for call, needle in ((lambda: SessionStore(pred).get(123), "session '123'"),
+                         (lambda: SessionStore(pred, max_sessions=0), "max_sessions 0"),
+                         (lambda: AdaptiveSession(pred, max_text=2.5), "max_text: expected a whole number"),
+                         (lambda: AdaptiveSession(pred).observe(None), "text: expected a string"),
+                         (lambda: AdaptiveSession(pred).topk_batch("ab"), "prefixes: expected a list")):
+        with pytest.raises(UserError, match=needle):
+            call()
+
+
+def test_observed_text_is_read_as_a_prefix_is(pred):
+    """Normalized like every prefix; trailing whitespace dropped, so each observed text is one paragraph."""
+    a, b = AdaptiveSession(pred), AdaptiveSession(pred)
+    a.observe("Le cha\u0302teau\r\n\r\nest  vieux\t \r\n")
+    b.observe("Le château\nest vieux")
+    assert a.history_chars == b.history_chars == 1 + len("Le château\nest vieux")
+    np.testing.assert_array_equal(a.cache_ids("x"), b.cache_ids("x"))

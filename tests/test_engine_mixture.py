@@ -35,8 +35,10 @@ def test_mixture_session_is_the_mix_of_the_parts_while_typing(tiny_run, tiny_ngr
 
 def test_parts_must_share_a_vocabulary_and_the_weight_a_range(tiny_run, tiny_ngram_run):
     a, b = engine.load(tiny_run), engine.load(tiny_ngram_run)
-    with pytest.raises(UserError, match="between 0 and 1"):
+    with pytest.raises(UserError, match=r"mixture weight 1: must be in \(0, 1\)"):
         MixturePredictor(a, b, 1.0)
+    with pytest.raises(UserError, match="mixture weight: expected a finite number, got str"):
+        MixturePredictor(a, b, "0.5")
     b.vocab = type(b.vocab)(["<unk>", "\n", "x"])
     with pytest.raises(UserError, match="different vocabularies"):
         MixturePredictor(a, b, 0.5)

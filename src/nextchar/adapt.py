@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from nextchar.engine.base import START, Predictor, rank
-from nextchar.errors import UserError, check_int, check_text, check_texts
+from nextchar.errors import UserError, check_float, check_int, check_text, check_texts
 from nextchar.vocab import Vocab
 
 # p = (1 - λc - λu)·p_model + λc·p_cache + λu·uniform, where p_cache is a Witten-Bell-style interpolation of
@@ -57,6 +57,19 @@ class Weights:
 
     def __post_init__(self) -> None:
         problems = []
+        for name, lo, hi in (("uniform", 0.0, 1.0), ("escape", 0.0, 1e9)):
+            try:
+                check_float(getattr(self, name), name, lo, hi, lo_open=True, hi_open=True)
+            except UserError as e:
+                problems.append(str(e))
+        try:
+            for row in self.cache:
+                for w in row:
+                    check_float(w, "cache weight", 0.0, 1.0)
+        except (UserError, TypeError) as e:
+            problems.append(f"cache: rows of numbers in [0, 1] expected ({e})")
+        if problems:
+            raise UserError("adaptation weights: " + "; ".join(problems))
         if not self.cache or any(len(row) != len(COUNT_EDGES) for row in self.cache):
             problems.append(f"cache: need rows of {len(COUNT_EDGES)} weights (one per count column)")
         elif any(not 0.0 <= w or w + self.uniform >= 1.0 for row in self.cache for w in row):
@@ -241,8 +254,8 @@ class SessionStore:
 
     def get(self, sid: str) -> AdaptiveSession:
         """The session with this id, created empty if new or evicted."""
-        if not SESSION_ID.fullmatch(sid):
-            raise UserError(f"session {sid[:80]!r}: use 1 to 64 letters, digits, '-' or '_'")
+        if not isinstance(sid, str) or not SESSION_ID.fullmatch(sid):
+            raise UserError(f"session {str(sid)[:80]!r}: use 1 to 64 letters, digits, '-' or '_'")
         with self._lock:
             s = self._sessions.get(sid)
             if s is None:

@@ -34,6 +34,7 @@ class ModelConfig:
     ngram_order: int = 4
 
     def __post_init__(self) -> None:
+        raise_all(type_problems(self), "model")
         problems = []
         if self.variant not in ("seed", "modern"):
             problems.append(f"variant must be 'seed' or 'modern', not {self.variant!r}")
@@ -91,6 +92,7 @@ class TrainConfig:
     augment_strip_accents: float = 0.0  # probability per training sequence of dropping its accents
 
     def __post_init__(self) -> None:
+        raise_all(type_problems(self), "train")
         problems = []
         for name in ("max_steps", "max_tokens", "warmup_steps", "threads", "final_eval_positions"):
             if getattr(self, name) < 0:
@@ -146,6 +148,26 @@ class RunConfig:
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
         return cls(model=build(ModelConfig, d.get("model", {}), "model"),
                    train=build(TrainConfig, d.get("train", {}), "train"))
+
+
+_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+_NAMES = {"int": "a whole number", "float": "a number", "str": "a string", "bool": "true or false"}
+
+
+def type_problems(cfg: Any) -> list[str]:
+    """Fields of a config dataclass whose value is not of the declared type (a bool is no number; an int is a
+    float), so `batch_size = "8"` is named instead of failing in a comparison."""
+    out = []
+    for f in fields(cfg):
+        kinds = [k.strip() for k in str(f.type).split("|")]
+        value = getattr(cfg, f.name)
+        if value is None and "None" in kinds:
+            continue
+        ok = [t for k in kinds if k in _TYPES for t in _TYPES[k]]
+        if ok and (not isinstance(value, tuple(ok)) or (isinstance(value, bool) and bool not in ok)):
+            want = " or ".join(_NAMES[k] for k in kinds if k in _NAMES)
+            out.append(f"{f.name} must be {want}, not {type(value).__name__} {value!r:.40}")
+    return out
 
 
 def raise_all(problems: list[str], section: str) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 
 from nextchar import safefs
 from nextchar.data import SPLITS
-from nextchar.errors import UserError
+from nextchar.errors import UserError, check_int
 from nextchar.text import CONTROLS as _CONTROLS
 from nextchar.text import MAX_MARKS, code_points, mark_runs, paragraphs
 from nextchar.text import clean as _clean
@@ -576,6 +576,7 @@ def prepare(out: str | Path, corpus: str | Path | None = None, min_count: int = 
     needed and the space free).
     """
     t0 = time.perf_counter()
+    check_int(min_count, "min_count")  # before the corpus is read
     out = Path(out)
     if out.is_symlink():
         out = out.resolve()  # replace the folder the link names, keep the link

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from nextchar.engine.base import Predictor
-from nextchar.errors import UserError
+from nextchar.errors import UserError, check_float
 
 
 class MixturePredictor(Predictor):
@@ -21,8 +21,7 @@ class MixturePredictor(Predictor):
     def __init__(self, a: Predictor, b: Predictor, weight: float, run_id: str = ""):
         if a.vocab.hash != b.vocab.hash:
             raise UserError("mixture components use different vocabularies")
-        if not 0.0 < weight < 1.0:
-            raise UserError(f"mixture weight {weight}: must be between 0 and 1 (exclusive)")
+        weight = check_float(weight, "mixture weight", 0.0, 1.0, lo_open=True, hi_open=True)
         super().__init__(a.vocab, max(a.context, b.context), run_id)
         self.a, self.b, self.weight = a, b, weight
         self.incremental = a.incremental or b.incremental
