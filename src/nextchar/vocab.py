@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from nextchar.errors import UserError
-from nextchar.files import atomic_write_bytes
+from nextchar.files import atomic_write_bytes, dumps
 
 SPECIALS = ["<unk>"]
 UNK = 0
@@ -91,7 +91,7 @@ class Vocab:
 
     def save(self, path: str | Path) -> None:
         """Write vocab JSON atomically."""
-        atomic_write_bytes(path, json.dumps(self.to_dict(), ensure_ascii=False, indent=0).encode("utf-8"))
+        atomic_write_bytes(path, dumps(self.to_dict(), indent=0).encode("utf-8"))
 
     @classmethod
     def from_dict(cls, d: dict, origin: str = "vocabulary") -> Vocab:
