@@ -145,6 +145,17 @@ def tiny_ngram_run(tiny_data_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_counts(tiny_data_dir, tmp_path_factory):
+    """The language-aware count model of the tiny corpus (order 5, a 24-character posterior window)."""
+    from nextchar.counts import CountsConfig, PosteriorConfig
+    from nextchar.train_counts import train_counts
+
+    out = tmp_path_factory.mktemp("tiny_counts") / "counts"
+    train_counts(tiny_data_dir, out, CountsConfig(order=5, posterior=PosteriorConfig(window=24)))
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_onnx(tiny_run, tmp_path_factory):
     """tiny_run exported to ONNX (fp32, parity-checked by export itself)."""
     from nextchar.export import export

@@ -14,6 +14,7 @@ import torch
 
 from nextchar import engine
 from nextchar.adapt import SessionStore
+from nextchar.errors import UserError
 from nextchar.serve import server_process
 from nextchar.sharedsessions import SharedSessionStore
 
@@ -32,6 +33,8 @@ def test_shared_store_predicts_like_the_memory_store(pred, tmp_path):
         store.get("a").observe("vizqubel is a word I made up. vizqubel again.")
         store.get("a").observe("and a second message")
         store.get("b").observe("Привет, мир")
+        store.get("c").observe("Le cha\u0302teau\r\nest  vieux\t ")  # normalized as every prefix is
+    np.testing.assert_array_equal(db.get("c")._history, mem.get("c").observed("Le château\nest vieux"))
     for sid in ("a", "b", "c"):
         want, got = mem.get(sid), db.get(sid)
         assert got.history_chars == want.history_chars
@@ -40,6 +43,8 @@ def test_shared_store_predicts_like_the_memory_store(pred, tmp_path):
     for store in (mem, db):
         store.get("d")
     assert len(db) == len(mem) == 3 and "a" not in db and "a" not in mem and "d" in db
+    with pytest.raises(UserError, match="session '7'"):
+        db.get(7)
     assert db.forget("b") and not db.forget("b") and db.get("b").history_chars == 0
     assert (tmp_path / "s.db").stat().st_mode & 0o777 == 0o600  # users' text: private
 

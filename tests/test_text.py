@@ -117,10 +117,10 @@ def tiny_mixture(tiny_run, tiny_ngram_run, tiny_data_dir, tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="module", params=["torch", "onnx", "ngram", "mixture"])
+@pytest.fixture(scope="module", params=["torch", "onnx", "ngram", "mixture", "counts"])
 def folder(request, tiny_run, tiny_onnx, tiny_ngram_run):
-    if request.param == "mixture":
-        return request.getfixturevalue("tiny_mixture")
+    if request.param in ("mixture", "counts"):
+        return request.getfixturevalue(f"tiny_{request.param}")
     return {"torch": tiny_run, "onnx": tiny_onnx, "ngram": tiny_ngram_run}[request.param]
 
 

@@ -188,15 +188,18 @@ class AdaptiveSession:
         self._history = self._start[:0]  # ids of observed text, each piece after START; replaced, never mutated
         self._lock = threading.Lock()
 
-    def observe(self, text: str) -> None:
-        """Remember text the user wrote (e.g. a finished message) for later predictions in this session.
-
-        The text is read as a prefix is (Predictor.encode: the training text's normalization), less trailing
-        whitespace: each observed text is a paragraph of its own (START before it)."""
+    def observed(self, text: str) -> np.ndarray:
+        """The ids a text told to observe adds to the history: START, then the text read as a prefix is
+        (Predictor.encode: the training text's normalization) less trailing whitespace, so each observed text is a
+        paragraph of its own; at most max_text + 1 ids."""
         ids = self.pred.encode(check_text(text, "text"))
         while len(ids) and self.pred.vocab.chars[ids[-1]] in (" ", START):
             ids = ids[:-1]  # at most one space or line break: prepare_prefix collapsed the run
-        ids = np.concatenate([self._start, ids[-self.max_text:]])
+        return np.concatenate([self._start, ids[-self.max_text:]])
+
+    def observe(self, text: str) -> None:
+        """Remember text the user wrote (e.g. a finished message) for later predictions in this session."""
+        ids = self.observed(text)
         with self._lock:  # two requests of one session may observe at once; neither may be lost
             self._history = np.concatenate([self._history, ids])[-self.max_text:]
 

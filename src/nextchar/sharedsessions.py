@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from nextchar.adapt import MAX_SESSIONS, MAX_TEXT, SESSION_ID, WEIGHTS, AdaptiveSession, Weights
-from nextchar.engine.base import START, Predictor
-from nextchar.errors import UserError
+from nextchar.engine.base import Predictor
+from nextchar.errors import UserError, check_int
 
 _SCHEMA = """CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY,
@@ -48,7 +48,7 @@ class StoredSession(AdaptiveSession):
         pass  # AdaptiveSession.__init__ sets an empty history: the stored one stands
 
     def observe(self, text: str) -> None:
-        self.store.append(self.sid, self.pred.vocab.encode(START + text[-self.max_text:]))
+        self.store.append(self.sid, self.observed(text))  # normalized as every prefix is (AdaptiveSession)
 
     def forget(self) -> None:
         self.store.forget(self.sid)
@@ -59,8 +59,7 @@ class SharedSessionStore:
 
     def __init__(self, predictor: Predictor, path: str | Path, max_sessions: int = MAX_SESSIONS,
                  max_text: int = MAX_TEXT, weights: Weights = WEIGHTS):
-        if max_sessions < 1:
-            raise UserError(f"max_sessions {max_sessions}: must be at least 1")
+        check_int(max_sessions, "max_sessions")
         self.pred, self.path = predictor, Path(path)
         self.max_sessions, self.max_text, self.weights = max_sessions, max_text, weights
         self._local = threading.local()
@@ -83,8 +82,8 @@ class SharedSessionStore:
 
     def get(self, sid: str) -> StoredSession:
         """The session with this id, created empty if new (or dropped as least recently used)."""
-        if not SESSION_ID.fullmatch(sid):
-            raise UserError(f"session {sid[:80]!r}: use 1 to 64 letters, digits, '-' or '_'")
+        if not isinstance(sid, str) or not SESSION_ID.fullmatch(sid):
+            raise UserError(f"session {str(sid)[:80]!r}: use 1 to 64 letters, digits, '-' or '_'")
         db = self._db()
         now = time.time()
         if db.execute("UPDATE sessions SET used = ? WHERE id = ?", (now, sid)).rowcount == 0:
