@@ -7,7 +7,8 @@ Subcommands (each prints a table; --json writes the numbers):
   static   per-language and macro top-1/top-3/bpc on dev and test: multilingual KN8, per-language KN/PPM oracles,
            the language-aware model(s) (a saved --model folder and/or a --config built here)
   stream   streaming bpc (first --chars characters of each language's test text, read in order): the count model
-           static and adapting, PPMd var. H (pyppmd) primed on the language's own / all languages' training text
+           static and adapting (the session's cache model, adapt.py), PPMd var. H (pyppmd) primed on the
+           language's own / all languages' training text
   cost     load time, size on disk, RSS, ms per keystroke (p50/p99, one thread) and prefixes/s in batch
 
 Every evaluation uses the positions of `nextchar eval` (data.eval_positions: floor((i + 0.5) L / N)), each predicted
@@ -299,37 +300,19 @@ def ppmd_rows(ds, split: str, chars: int, cache: Path) -> dict:
 def cmd_stream(args) -> dict:
     """Streaming bpc per language: count model static and adapting (with and without the language), PPMd.
 
-    The session (its weight table, then the online step size) is tuned on dev streams; test is read once."""
-    from nextchar.ppm import SessionConfig, mix_stream, stream_adapted, stream_terms, tune_weights
+    Adapting = the session's cache model (adapt.py, its module weights) reading the text as it goes."""
+    from nextchar.adapt import WEIGHTS, count_specials, stream_true
 
     ds = open_data(args.data)
     model = load_model(args.model)
     tag = Path(args.model).name
     cache_dir = Path(args.cache)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    print(f"static streams (dev, for tuning the session) of {args.model}", flush=True)
-    dev = static_streams(model, ds, "dev", args.chars, cache_dir / f"{tag}_dev_{args.chars}.npz")
-    dev_ids = {lang: stream_ids(ds.split(lang, "dev"), args.chars) for lang in dev}
-    best = None
-    for order in [int(o) for o in args.session_orders.split(",")]:
-        cfg = SessionConfig(order=order)
-        terms = {lang: stream_terms(dev_ids[lang], np.exp(dev[lang]["lp"]), cfg) for lang in dev}
-        w = tune_weights([(np.exp(dev[lang]["lp"]), terms[lang]) for lang in dev], order)
-        cfg = SessionConfig(order=order, weights=w)
-        bpc = np.mean([-np.log(mix_stream(np.exp(dev[lang]["lp"]), terms[lang], cfg)).mean() / LN2 for lang in dev])
-        print(f"  session order {order}, table tuned on dev: dev stream {bpc:.4f} bpc (macro)", flush=True)
-        if best is None or bpc < best[0]:
-            best = (bpc, cfg)
-    cfg = best[1]
-    for eta in [float(e) for e in args.etas.split(",")]:
-        c = SessionConfig(cfg.order, cfg.alpha, cfg.beta, cfg.weights, eta)
-        bpc = np.mean([-np.log(stream_adapted(dev_ids[lang], np.exp(dev[lang]["lp"]), c)).mean() / LN2
-                       for lang in dev])
-        print(f"  online step {eta}: dev stream {bpc:.4f} bpc (macro)", flush=True)
-        if bpc < best[0]:
-            best = (bpc, c)
-    cfg = best[1]
-    print(f"chosen on dev: {cfg}", flush=True)
+    start, ns = model.vocab.stoi["\n"], count_specials(model.vocab)
+
+    def adapted(ids, lp):
+        return np.log(stream_true(np.exp(lp), ids, start, model.vocab.size, ns, WEIGHTS))
+
     print(f"static streams ({args.split}) of {args.model}", flush=True)
     test = static_streams(model, ds, args.split, args.chars, cache_dir / f"{tag}_{args.split}_{args.chars}.npz")
     ppmd = ppmd_rows(ds, args.split, args.chars, cache_dir / f"ppmd_{args.split}_{args.chars}.json") \
@@ -340,9 +323,9 @@ def cmd_stream(args) -> dict:
         d = test[lang]
         r = {"chars": int(ids.size),
              "counts static": CountStream.bpc(d["lp"]),
-             "counts adapting": CountStream.bpc(np.log(stream_adapted(ids, np.exp(d["lp"]), cfg))),
+             "counts adapting": CountStream.bpc(adapted(ids, d["lp"])),
              "counts oracle static": CountStream.bpc(d["oracle"]),
-             "counts oracle adapting": CountStream.bpc(np.log(stream_adapted(ids, np.exp(d["oracle"]), cfg))),
+             "counts oracle adapting": CountStream.bpc(adapted(ids, d["oracle"])),
              **ppmd.get(lang, {})}
         rows[lang] = r
     systems = [k for k in next(iter(rows.values())) if k != "chars"]
@@ -351,7 +334,7 @@ def cmd_stream(args) -> dict:
     print(f"{'lang':<6}{'chars':>7}" + "".join(f"{k:>24}" for k in systems))
     for lang, r in list(rows.items()) + [("macro", {"chars": "", **mac})]:
         print(f"{lang:<6}{r['chars']:>7}" + "".join(f"{r[k]:>24.3f}" for k in systems))
-    return {"model": args.model, "split": args.split, "chars": args.chars, "session": repr(cfg), "languages": rows,
+    return {"model": args.model, "split": args.split, "chars": args.chars, "session": repr(WEIGHTS), "languages": rows,
             "macro": mac}
 
 
@@ -428,8 +411,6 @@ def main(argv=None) -> None:
     ap.add_argument("--model", default="/work/runs/counts/kn8_p045")
     ap.add_argument("--chars", type=int, default=20000)
     ap.add_argument("--cache", default="/work/runs/counts/cache")
-    ap.add_argument("--session-orders", default="8,12")
-    ap.add_argument("--etas", default="0.002,0.005,0.01")
     ap.add_argument("--ppmd", action="store_true")
     ap.add_argument("--splits", default="dev,test", help="static: the splits to report")
     ap.add_argument("--grid", default="window=128;window=64;window=32;window=64,id_order=4;window=64,id_order=3;"

@@ -11,8 +11,11 @@ from nextchar.adapt import (
     SessionStore,
     Weights,
     cache_counts,
+    column,
     format_weights,
     mix,
+    stream_probs,
+    stream_true,
     tune,
 )
 from nextchar.errors import UserError
@@ -112,13 +115,13 @@ def test_weights_are_checked():
     with pytest.raises(UserError, match="cache"):
         Weights(((0.5, 0.5),))
     with pytest.raises(UserError, match="cache"):
-        Weights(((0.99, 0.0, 0.0),), uniform=0.02)
+        Weights(((0.99,) + (0.0,) * 9,), uniform=0.02)
     assert WEIGHTS.max_order == len(WEIGHTS.cache) - 1
 
 
 def test_tune_finds_weights_no_worse_than_none(pred, tiny_data_dir):
     w, summary = tune(pred, tiny_data_dir, chars=150, escapes=(1.0,), uniforms=(1e-3,), max_order=3,
-                      min_positions=20)
+                      min_positions=20, stride=16)
     assert w.max_order == 3 and w.escape == 1.0 and w.uniform == 1e-3
     assert 0 < summary["positions"] <= 9 * 150 and summary["languages"] == 9
     # λc = 0 is on the grid, so the cache can only help (the tiny corpus repeats itself a lot)
@@ -147,3 +150,28 @@ def test_observed_text_is_read_as_a_prefix_is(pred):
     b.observe("Le château\nest vieux")
     assert a.history_chars == b.history_chars == 1 + len("Le château\nest vieux")
     np.testing.assert_array_equal(a.cache_ids("x"), b.cache_ids("x"))
+
+
+def test_columns_split_counts_and_one_follower_contexts():
+    assert [column(c, d) for c, d in [(1, 1), (1, 2), (3, 1), (3, 2), (16, 1), (100, 5)]] == [1, 0, 3, 2, 9, 8]
+    w = Weights(tuple(tuple(0.01 * (10 * r + c) for c in range(10)) for r in range(3)))
+    assert w.cache_weight(2, 5, 1) == pytest.approx(0.25) and w.cache_weight(1, 1, 1) == pytest.approx(0.11)
+
+
+def test_streaming_session_equals_a_hand_computation():
+    # V = 5 (<unk>=0, START=1, a=2, b=3, c=4), text "abab", the model uniform over a, b, c at every position
+    ids = np.array([2, 3, 2, 3])
+    w = Weights(tuple((0.5,) * 10 for _ in range(4)), uniform=0.01, escape=1.0)
+    static = np.tile([0.0, 0.0, 1 / 3, 1 / 3, 1 / 3], (4, 1))
+    # t0: "" has no cache: .99 * 1/3 + .01 / 4
+    # t1: after START a, the cache knows only order 0: {a: 1} (START is no observation): p(b) = .49/3 + .0025
+    # t2: after START a b, order 0 {a: 1, b: 1}, "b" never followed: p(a) = .49/3 + .5 * .5 + .0025
+    # t3: after START a b a, "a" was followed by b once: order 1 {b: 1} over order 0 {a: 2, b: 1} (escape 1,
+    #     one follower: weight 1/2): p(b) = (1 + 1/3) / 2 = 2/3, so .49/3 + .5 * 2/3 + .0025
+    want = [0.99 / 3 + 0.0025, 0.49 / 3 + 0.0025, 0.49 / 3 + 0.25 + 0.0025, 0.49 / 3 + 0.5 * 2 / 3 + 0.0025]
+    np.testing.assert_allclose(stream_true(static[np.arange(4), ids], ids, 1, 5, 1, w), want, rtol=1e-12)
+    full = stream_probs(static, ids, 0, 1, 1, w)
+    np.testing.assert_allclose(full[np.arange(4), ids], want, rtol=1e-12)
+    np.testing.assert_allclose(full.sum(axis=1), 1.0, rtol=1e-12)
+    # a chunk that starts later reads the same text before it
+    np.testing.assert_allclose(stream_probs(static[2:], ids, 2, 1, 1, w), full[2:], rtol=1e-15)

@@ -70,6 +70,9 @@ def test_presets_lists_every_preset_with_its_shape():
     (("prepare", "--corpus", "{tmp}/nothing", "--out", "{tmp}/d"), "nothing"),
     (("eval", "--run", "{tmp}/norun"), "norun"),
     (("predict", "--run", "{tmp}/norun", "abc"), "norun"),
+    (("eval", "--run", "{tmp}/norun", "--chars", 50), "--chars and --stride go with --stream"),
+    (("mix", "--transformer", "{tmp}/a", "--out", "{tmp}/m"), "give one of --counts DIR or --ngram DIR"),
+    (("train", "--data", "{data}", "--out", "{tmp}/r", "--model", "gpt"), "choose transformer, ngram or counts"),
 ])
 def test_bad_input_gives_one_line_error(args, needle, tiny_data_dir, tmp_path):
     args = [str(a).format(data=tiny_data_dir, tmp=tmp_path) for a in args]
@@ -175,3 +178,19 @@ def test_eval_shows_its_progress(tiny_run, tiny_data_dir, tmp_path):
     res = json.loads((tmp_path / "eval_test.json").read_text())
     n = sum(v["n"] for v in res["languages"].values())
     assert f"{n}/{n}" in r.stderr
+
+
+def test_counts_train_mix_and_streaming_eval(tiny_data_dir, tiny_run, tmp_path):
+    """`nextchar train --model counts`, `nextchar mix --counts`, and `nextchar eval --stream` on the result."""
+    counts, mix = tmp_path / "counts", tmp_path / "mix"
+    r = cli("train", "--model", "counts", "--order", 4, "--data", tiny_data_dir, "--out", counts)
+    assert r.exit_code == 0, r.output
+    assert json.loads((counts / "config.json").read_text())["counts"]["order"] == 4
+    r = cli("mix", "--transformer", tiny_run, "--counts", counts, "--out", mix, "--positions", 40, "--threads", 1)
+    assert r.exit_code == 0, r.output
+    assert "loglinear rule fitted on" in r.output
+    r = cli("eval", "--run", mix, "--stream", "--chars", 60, "--threads", 1)
+    assert r.exit_code == 0, r.output
+    res = json.loads((mix / "eval_stream_test.json").read_text())
+    assert res["mode"] == "stream" and res["chars"] == 60 and res["languages"]["en"]["n"] == 60
+    assert "static (no adaptation)" in r.output

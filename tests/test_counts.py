@@ -1,5 +1,5 @@
 """Tests of the language-aware count model: hand-computed KN/PPM, the language posterior, the three scoring paths,
-compact storage (pruning, quantization, memory-mapping), session PPM undo and the streaming evaluation."""
+compact storage (pruning, quantization, memory-mapping), the reference PPM's undo and the streaming evaluation."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from nextchar.adapt import WEIGHTS, Weights, cache_counts, count_specials, mix
 from nextchar.count_tables import CountTables, language_terms
 from nextchar.counts import (
     CountModel,
@@ -23,15 +24,7 @@ from nextchar.errors import UserError
 from nextchar.ngram import NGramModel
 from nextchar.ppm import DASHER_ALPHA as A
 from nextchar.ppm import DASHER_BETA as B
-from nextchar.ppm import (
-    AdaptiveSession,
-    SessionConfig,
-    SessionPPM,
-    mix_stream,
-    stream_adapted,
-    stream_terms,
-    tune_weights,
-)
+from nextchar.ppm import SessionPPM
 from nextchar.streaming import CountStream, ppmd_bits, ppmd_size, stream_counts
 from nextchar.train_counts import build_model, fit_languages, main
 from nextchar.vocab import Vocab
@@ -299,67 +292,23 @@ def test_session_ppm_undo_is_exact() -> None:
     assert b.counts == {} and b.totals == {}
 
 
-def test_streaming_equals_hand_computation() -> None:
-    # "a b a b" over a base that always gives 0.25 (V = 4), session order 2, Dasher's alpha/beta:
-    #   t0 'a': nothing learned: p = base = .25
-    #   t1 'b': () {a:1} (a) absent: p = (A + B)/(1 + A) * .25           (b unseen in ())
-    #   t2 'a': () {a:1, b:1}, (b) absent: p = (A + 2B)/(2 + A) * .25 + (1 - B)/(2 + A)
-    #   t3 'b': () {a:2, b:1}? no: learning 'a' after 'b' creates (b){a:1} and stops at () where a exists:
-    #           () {a:2, b:1}, (a) {b:1}: p = (A + B)/(1 + A) * [(A + 2B)/(3 + A) * .25 + (1 - B)/(3 + A)]
-    #                                          + (1 - B)/(1 + A)
-    ids = np.array([2, 3, 2, 3])
-    base = np.full(4, 0.25)
-    cfg = SessionConfig(order=2, weights=((0.5,) * 10, (0.75,) * 10))
-    t = stream_terms(ids, base, cfg)
-    root3 = (A + 2 * B) / (3 + A) * 0.25 + (1 - B) / (3 + A)
-    want = [0.25, (A + B) / (1 + A) * 0.25, (A + 2 * B) / (2 + A) * 0.25 + (1 - B) / (2 + A),
-            (A + B) / (1 + A) * root3 + (1 - B) / (1 + A)]
-    np.testing.assert_allclose(t["p_ppm"], want, rtol=1e-14)
-    assert t["m_len"].tolist() == [-1, 0, 0, 1] and t["m_tot"].tolist() == [0, 1, 2, 1]
-    assert t["m_syms"].tolist() == [0, 1, 2, 1]
-    lam = np.array([0.0, 0.5, 0.5, 0.75])
-    np.testing.assert_allclose(mix_stream(base, t, cfg), (1 - lam) * 0.25 + lam * np.array(want), rtol=1e-14)
-    np.testing.assert_allclose(stream_adapted(ids, base, cfg), (1 - lam) * 0.25 + lam * np.array(want), rtol=1e-14)
-    # online weights (eta) only change a cell's later predictions: t1, t2, t3 each use a different cell here
-    online = stream_adapted(ids, base, SessionConfig(order=2, weights=cfg.weights, eta=0.1))
-    np.testing.assert_allclose(online, (1 - lam) * 0.25 + lam * np.array(want), rtol=1e-14)
-    # "a a a a a": cells repeat (row 1: context (a) with totals 1, 2, 3 -> count columns 0, 1, 1), so the step
-    # lam' = lam + eta * (p_ppm - p_static) / p of one prediction shows in the next one of the same cell
-    aaa = np.array([2, 2, 2, 2, 2])
-    w = ((0.5,) * 10, (0.5,) * 10)
-    t5 = stream_terms(aaa, np.full(5, 0.25), SessionConfig(order=2))
-    got = stream_adapted(aaa, np.full(5, 0.25), SessionConfig(order=2, weights=w, eta=0.1))
-    assert t5["m_len"].tolist() == [-1, 0, 1, 1, 1]
-    cells = [(int(m), 2 * int(np.searchsorted((1, 2, 4, 8, 16), tt, side="right") - 1) + int(k == 1))
-             for m, tt, k in zip(t5["m_len"], t5["m_tot"], t5["m_syms"])]
-    lamd = {}
-    for i in range(5):
-        if cells[i][0] < 0:
-            assert got[i] == 0.25
-            continue
-        lv = lamd.get(cells[i], 0.5)
-        p = (1 - lv) * 0.25 + lv * t5["p_ppm"][i]
-        assert got[i] == pytest.approx(p, rel=1e-14)
-        lamd[cells[i]] = min(0.98, max(0.0, lv + 0.1 * (t5["p_ppm"][i] - 0.25) / p))
-
-
 def test_stream_counts_on_tiny_corpus(fits, tiny_data_dir) -> None:
     ds = open_data(tiny_data_dir)
     m = _model(fits)
     ids = _text(ds, "he")[:120]
-    cfg = SessionConfig(order=3)  # weights None: the session PPM alone (over the static model)
-    s = stream_counts(m, ids, cfg, lang=m.languages.index("he"))
+    s = stream_counts(m, ids, lang=m.languages.index("he"))
     lp_static = m.logprobs_at(ids, np.arange(ids.size))[np.arange(ids.size), ids]
     np.testing.assert_allclose(s.static, lp_static, atol=1e-13)
-    # by hand: a session PPM fed the text, each prediction over the static model's probability of the true id
-    ppm = SessionPPM(order=3)
+    # by hand: the session's cache model (adapt.py) over the text read so far, mixed with the static model
+    V, ns = m.vocab.size, count_specials(m.vocab)
     want = []
-    for t, x in enumerate(ids.tolist()):
-        want.append(math.log(ppm.prob(x, math.exp(lp_static[t])) if t else math.exp(lp_static[t])))
-        ppm.learn(x)
+    for t in range(ids.size):
+        cache = cache_counts(np.concatenate(([1], ids[:t])), V, WEIGHTS.max_order, ns)
+        p = np.exp(m.logprobs([np.concatenate(([1], ids[:t]))[-m.context:]])[0])
+        want.append(math.log(mix(p, cache, WEIGHTS, ns)[ids[t]]))
     np.testing.assert_allclose(s.adapting, want, atol=1e-12)
-    off = stream_counts(m, ids, SessionConfig(order=3, weights=((0.0,) * 10,) * 3))  # lam = 0: the static model
-    np.testing.assert_array_equal(off.adapting, off.static)
+    off = stream_counts(m, ids, weights=Weights(((0.0,) * 10,) * 3, uniform=1e-12))  # lam ~ 0: the static model
+    np.testing.assert_allclose(off.adapting, off.static, atol=1e-9)
     assert CountStream.bpc(s.static) == pytest.approx(-lp_static.mean() / math.log(2))
     assert s.oracle_static is not None and s.oracle_static.shape == ids.shape
 
@@ -372,48 +321,6 @@ def test_ppmd_bits_exclude_priming() -> None:
     primed = ppmd_bits(text, text)  # having read the same text once, PPMd spends far fewer bits on it
     assert 0 < primed < alone / 4
     assert primed == 8 * (ppmd_size(text + text) - ppmd_size(text))
-
-
-def test_typing_session_adapts_as_the_stream_does(fits, tiny_data_dir) -> None:
-    # key by key, the adapted distribution's probability of the next id is what the streaming evaluation scores,
-    # and a session that was edited (truncate, retype) equals one that typed the text directly
-    ds = open_data(tiny_data_dir)
-    m = _model(fits)
-    ids = _text(ds, "ar")[:80]
-    w = tuple(tuple(0.1 * ((r + c) % 7) for c in range(10)) for r in range(4))
-    cfg = SessionConfig(order=4, weights=w, eta=0.05)
-    s = stream_counts(m, ids, cfg)
-    sess = AdaptiveSession(cfg)
-    st, lp = m.feed(m.start(), np.array([1]))
-    for t, x in enumerate(ids.tolist()):
-        p = sess.dist(np.exp(lp))
-        assert abs(p.sum() - 1) < 1e-12
-        assert math.log(p[x]) == pytest.approx(s.adapting[t], abs=1e-12)
-        sess.learn(x, math.exp(lp[x]))
-        st, lp = m.feed(st, np.array([x]))
-    edited = AdaptiveSession(cfg)
-    st, lp = m.feed(m.start(), np.array([1]))
-    lps = [lp]
-    for x in ids[:60].tolist():
-        edited.learn(x, math.exp(lps[-1][x]))
-        st, lp = m.feed(st, np.array([x]))
-        lps.append(lp)
-    edited.truncate(30)
-    for t in range(30, 80):
-        edited.learn(int(ids[t]), math.exp(m.logprobs([np.concatenate(([1], ids[:t]))[-m.context:]])[0][ids[t]]))
-    assert edited.ppm.counts == sess.ppm.counts
-    np.testing.assert_array_equal(edited.w, sess.w)
-
-
-def test_tune_weights_per_cell_and_sparse_cells() -> None:
-    # column 1 = contexts seen once (always deterministic); the session is right in row 0, wrong in row 1, and
-    # row 2 has too few positions to be tuned on its own: it takes row 1's weight
-    m_len = np.array([0] * 60 + [1] * 60 + [2] * 5)
-    terms = {"p_ppm": np.where(m_len == 0, 0.9, 0.01), "m_len": m_len, "m_tot": np.ones_like(m_len),
-             "m_syms": np.ones_like(m_len)}
-    w = tune_weights([(np.full(m_len.size, 0.1), terms)], order=3)
-    assert w[0][1] == 1.0 and w[1][1] == 0.0 and w[2][1] == w[1][1]
-    assert w[0][0] == 0.0  # never seen: nothing to learn
 
 
 def test_count_model_predicts_without_torch(tiny_data_dir, tmp_path) -> None:

@@ -16,12 +16,17 @@ import pytest
 from nextchar import engine
 from nextchar.adapt import AdaptiveSession
 from nextchar.engine.base import MARKS, MOSTLY_UNKNOWN, NEVER_SUGGESTED, START
-from nextchar.engine.mixture_backend import MixturePredictor
+from nextchar.engine.mixture_backend import MixturePredictor, Rule
 from nextchar.errors import UserError
 from nextchar.text import prefix_form
 
 BACKENDS = ["torch", "torch-hashed", "torch-stride", "onnx", "onnx-stride", "ngram", "mixture", "mixture-stride",
-            "counts"]
+            "counts", "combined-loglinear", "combined-cells"]
+CELLS = (("a_max", (0.2, 0.5)), ("b_max", (0.3, 0.6)))
+# a log-linear rule with other coefficients in each of the 9 cells (one of them drops the linear input)
+LOGLINEAR = Rule("loglinear", 0.3, CELLS, coef=tuple((0.2 + 0.1 * i, 0.9 - 0.05 * i, 0.5 if i != 4 else 0.0)
+                                                     for i in range(9)))
+CELL_WEIGHTS = Rule("linear", 0.3, CELLS, weights=(0.0, 0.1, 0.2, 0.3, 0.5, 0.6, 0.8, 0.9, 1.0))
 TEXT = ("Le vieux château dominait la vallée. The quick brown fox jumps over the lazy dog; "
         "Москва — столица России. Η Αθήνα είναι η πρωτεύουσα. 北京是中国的首都。") * 2
 
@@ -38,6 +43,10 @@ def pred(request, tiny_run, tiny_hash_run, tiny_onnx, tiny_ngram_run, tiny_count
         return engine.load(tiny_onnx, stride=stride)
     if name == "ngram":
         return engine.load(tiny_ngram_run)
+    if name.startswith("combined"):
+        # the Transformer (ONNX, its key/value cache) and the count model (its O(1) typing state), a fitted-like rule
+        rule = LOGLINEAR if name.endswith("loglinear") else CELL_WEIGHTS
+        return MixturePredictor(engine.load(tiny_onnx, stride=7), engine.load(tiny_counts), rule, "combined")
     # A Transformer (context 32) and an n-gram (context 3): parts with different windows.
     return MixturePredictor(engine.load(tiny_run, stride=stride), engine.load(tiny_ngram_run), 0.4, "mix")
 

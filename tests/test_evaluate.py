@@ -142,3 +142,57 @@ def test_progress_is_reported_per_batch():
         evaluate(Toy(), ds, "dev", positions=0)
     with pytest.raises(UserError, match="batch_size: expected a whole number"):
         evaluate(Toy(), ds, "dev", batch_size=None)
+
+
+# -- streaming --------------------------------------------------------------------------------------------------
+
+
+def test_streaming_evaluation_equals_a_hand_computation():
+    from nextchar.adapt import WEIGHTS, cache_counts, mix
+    from nextchar.engine.base import suggestible_mask
+    from nextchar.evaluate import evaluate_stream
+
+    ds = toy_data({"xx": "ab ab aab", "yy": "ba"})
+    res = evaluate_stream(Toy(), ds, "dev", chars=7, batch_size=3)
+    assert res["mode"] == "stream" and res["chars"] == 7 and res["languages"]["yy"]["n"] == 2
+    ok = suggestible_mask(VOCAB)
+    for lang, text in (("xx", "ab ab a"), ("yy", "ba")):  # the first 7 characters, all when shorter
+        ids = VOCAB.encode(text)
+        hits1 = hits3 = nats = s1 = s3 = snats = 0.0
+        for t, y in enumerate(ids.tolist()):
+            p = np.array(TABLE[int(ids[t - 1]) if t else 1])  # the model after the last id (START first)
+            q = mix(p, cache_counts(np.concatenate(([1], ids[:t])), 5, WEIGHTS.max_order, 1), WEIGHTS, 1)
+            for dist, acc in ((q, "adapted"), (p, "static")):
+                order = [i for i in np.argsort(-dist, kind="stable") if ok[i]][:3]
+                h1, h3, nl = float(order[0] == y), float(y in order), -math.log(dist[y])
+                if acc == "adapted":
+                    hits1, hits3, nats = hits1 + h1, hits3 + h3, nats + nl
+                else:
+                    s1, s3, snats = s1 + h1, s3 + h3, snats + nl
+        n = len(ids)
+        got = res["languages"][lang]
+        assert got["top1"] == pytest.approx(hits1 / n) and got["top3"] == pytest.approx(hits3 / n)
+        assert got["bpc"] == pytest.approx(nats / n / math.log(2), rel=1e-9)
+        assert got["static"]["bpc"] == pytest.approx(snats / n / math.log(2), rel=1e-9)
+        assert got["static"]["top1"] == pytest.approx(s1 / n)
+    assert res["macro"]["bpc"] == pytest.approx(np.mean([r["bpc"] for r in res["languages"].values()]))
+    assert evaluate_stream(Toy(), ds, "dev", chars=7, adapt=False)["languages"]["xx"]["bpc"] == pytest.approx(
+        res["languages"]["xx"]["static"]["bpc"])
+
+
+def test_streaming_count_model_equals_the_streaming_module(tiny_data_dir, tmp_path):
+    """`nextchar eval --stream` of a count model gives streaming.stream_counts' numbers."""
+    from nextchar import engine
+    from nextchar.counts import CountsConfig, PosteriorConfig
+    from nextchar.data import open_data
+    from nextchar.evaluate import evaluate_stream
+    from nextchar.streaming import CountStream, stream_counts
+    from nextchar.train_counts import train_counts
+
+    train_counts(tiny_data_dir, tmp_path / "c", CountsConfig(order=4, posterior=PosteriorConfig(window=16)))
+    pred, ds = engine.load(tmp_path / "c"), open_data(tiny_data_dir)
+    res = evaluate_stream(pred, ds, "test", chars=90)
+    for lang in ("en", "ru"):
+        s = stream_counts(pred.model, ds.split(lang, "test")[:90].astype(np.int64))
+        assert res["languages"][lang]["bpc"] == pytest.approx(CountStream.bpc(s.adapting), rel=1e-9)
+        assert res["languages"][lang]["static"]["bpc"] == pytest.approx(CountStream.bpc(s.static), rel=1e-9)

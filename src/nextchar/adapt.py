@@ -20,26 +20,37 @@ from nextchar.vocab import Vocab
 # p = (1 - λc - λu)·p_model + λc·p_cache + λu·uniform, where p_cache is a Witten-Bell-style interpolation of
 # cache n-grams (contexts of 0..MAX_ORDER characters) over the session's text, and λc depends on how much
 # the cache knows about the current context: the longest context length M seen before in the session text
-# (row) and how often that context was seen (column, COUNT_EDGES). A name typed once makes M large with
-# count 1; the model alone never saw it.
+# (row), how often that context was seen (COUNT_EDGES) and whether only one character ever followed it
+# (column = 2 · count column + deterministic). A name typed once makes M large with count 1 and one
+# follower; the model alone never saw it.
 #
-# Tuned by `tune()` (an exact per-cell grid search, see there) for the n-gram baseline
-# (`nextchar train --model ngram --order 6 --data data/dasher`): the first 4,000 dev characters of each of
-# the 24 Dasher languages, each typed in a fresh session (93,460 positions): dev bpc 2.544 -> 2.362.
-# Held-out (test) gains: benchmarks/adaptation.py. Re-tune for another model with
-# `python benchmarks/adaptation.py --run RUN --tune` and paste what it prints here.
-COUNT_EDGES = (1, 2, 4)  # column c holds context counts in [COUNT_EDGES[c], COUNT_EDGES[c + 1])
-MAX_ORDER = 6  # longest cache context, in characters (cache 7-grams); 5 and 7 differ by < 0.005 bpc
+# The one adaptation mechanism of every surface (server sessions, word completion, the keystroke benchmark,
+# `nextchar eval --stream`): a pure function of the session's text (its last MAX_TEXT characters), so a
+# request costs one pass over that text per order and a session holds only its text. Chosen on dev streams of
+# the shipped combination over a session PPM with online weights (Dasher's PPM blending, update exclusion; it
+# needed ~3 KB per character of state): docs/quality.md.
+#
+# Tuned by `tune()` (an exact per-cell grid search, see there) for the shipped default model on the first
+# 20,000 dev characters of each of the 24 Dasher languages, each read in a fresh session. Held-out (test)
+# gains: docs/quality.md. Re-tune for another model with `python benchmarks/adaptation.py --run RUN --tune`
+# and paste what it prints here.
+COUNT_EDGES = (1, 2, 4, 8, 16)  # count column c holds context counts in [COUNT_EDGES[c], COUNT_EDGES[c + 1])
+N_COLUMNS = 2 * len(COUNT_EDGES)  # each count column split by "one follower only" (deterministic)
+MAX_ORDER = 10  # longest cache context, in characters (cache 11-grams)
 ESCAPE = 2.0  # Witten-Bell escape factor: weight of the lower order per distinct follower
 UNIFORM = 1e-05  # λu: the floor that keeps every non-special character reachable
-CACHE_WEIGHTS = (  # λc by [M][count column]
-    (0.00, 0.00, 0.00),
-    (0.00, 0.05, 0.05),
-    (0.10, 0.10, 0.15),
-    (0.20, 0.30, 0.35),
-    (0.35, 0.35, 0.40),
-    (0.35, 0.35, 0.30),
-    (0.60, 0.65, 0.60),
+CACHE_WEIGHTS = (  # λc by [M][column]
+    (0.00, 0.00, 0.00, 0.00, 0.00, 0.00, 0.00, 0.00, 0.00, 0.00),
+    (0.00, 0.00, 0.00, 0.05, 0.00, 0.00, 0.00, 0.00, 0.00, 0.10),
+    (0.00, 0.00, 0.00, 0.05, 0.00, 0.05, 0.05, 0.05, 0.05, 0.35),
+    (0.00, 0.05, 0.05, 0.10, 0.10, 0.15, 0.10, 0.30, 0.15, 0.35),
+    (0.00, 0.15, 0.15, 0.25, 0.15, 0.35, 0.20, 0.45, 0.30, 0.55),
+    (0.00, 0.20, 0.20, 0.35, 0.20, 0.50, 0.25, 0.70, 0.25, 0.75),
+    (0.00, 0.30, 0.20, 0.45, 0.15, 0.70, 0.30, 0.85, 0.35, 0.80),
+    (0.00, 0.35, 0.20, 0.55, 0.25, 0.75, 0.25, 0.80, 0.55, 0.80),
+    (0.00, 0.35, 0.25, 0.60, 0.25, 0.75, 0.35, 0.80, 0.55, 0.80),
+    (0.00, 0.40, 0.25, 0.60, 0.20, 0.75, 0.40, 0.80, 0.55, 0.80),
+    (0.00, 0.60, 0.30, 0.80, 0.45, 0.90, 0.50, 0.90, 0.45, 0.15),
 )
 
 MAX_TEXT = 20_000  # characters of text a session's cache reads (history + current prefix), newest kept
@@ -51,7 +62,7 @@ SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 class Weights:
     """The mixing parameters; the number of rows of `cache` fixes the longest cache context."""
 
-    cache: tuple[tuple[float, ...], ...]  # λc by [longest seen context length][count column]
+    cache: tuple[tuple[float, ...], ...]  # λc by [longest seen context length][column]
     uniform: float = UNIFORM  # λu
     escape: float = ESCAPE  # Witten-Bell escape factor (> 0)
 
@@ -70,8 +81,8 @@ class Weights:
             problems.append(f"cache: rows of numbers in [0, 1] expected ({e})")
         if problems:
             raise UserError("adaptation weights: " + "; ".join(problems))
-        if not self.cache or any(len(row) != len(COUNT_EDGES) for row in self.cache):
-            problems.append(f"cache: need rows of {len(COUNT_EDGES)} weights (one per count column)")
+        if not self.cache or any(len(row) != N_COLUMNS for row in self.cache):
+            problems.append(f"cache: need rows of {N_COLUMNS} weights (one per column)")
         elif any(not 0.0 <= w or w + self.uniform >= 1.0 for row in self.cache for w in row):
             problems.append("cache: each weight must be >= 0 with weight + uniform < 1")
         if not 0.0 < self.uniform < 1.0:
@@ -85,9 +96,14 @@ class Weights:
     def max_order(self) -> int:
         return len(self.cache) - 1
 
-    def cache_weight(self, order: int, count: int) -> float:
-        col = int(np.searchsorted(COUNT_EDGES, count, side="right")) - 1
-        return self.cache[order][max(col, 0)]
+    def cache_weight(self, order: int, count: int, distinct: int) -> float:
+        """λc for a longest seen context of this length, count and number of distinct followers."""
+        return self.cache[order][column(count, distinct)]
+
+
+def column(count: int, distinct: int) -> int:
+    """Weight column of a longest seen context: 2 · its count column + (one follower only)."""
+    return 2 * max(int(np.searchsorted(COUNT_EDGES, count, side="right")) - 1, 0) + int(distinct == 1)
 
 
 WEIGHTS = Weights(CACHE_WEIGHTS, UNIFORM, ESCAPE)
@@ -107,6 +123,11 @@ class CacheCounts:
     def count(self) -> int:
         """How often the longest seen context occurred (with a counted follower)."""
         return int(self.counts[-1].sum())
+
+    @property
+    def distinct(self) -> int:
+        """How many different ids followed the longest seen context."""
+        return int(np.count_nonzero(self.counts[-1]))
 
     def probs(self, escape: float) -> np.ndarray:
         """Interpolated (V,) distribution: p_l = (c_l + e·d_l·p_(l-1)) / (n_l + e·d_l), p_0 = c_0 / n_0."""
@@ -165,10 +186,45 @@ def uniform_floor(vocab_size: int, n_special: int) -> np.ndarray:
 def mix(p_model: np.ndarray, cache: CacheCounts | None, weights: Weights, n_special: int = 1) -> np.ndarray:
     """(V,) adapted distribution from the model's (V,) and the session's cache counts."""
     lam_u = weights.uniform
-    lam_c = 0.0 if cache is None else weights.cache_weight(cache.order, cache.count)
+    lam_c = 0.0 if cache is None else weights.cache_weight(cache.order, cache.count, cache.distinct)
     out = (1.0 - lam_c - lam_u) * p_model.astype(np.float64) + lam_u * uniform_floor(p_model.size, n_special)
     if lam_c > 0.0 and cache is not None:
         out += lam_c * cache.probs(weights.escape)
+    return out
+
+
+def stream_caches(ids: np.ndarray, lo: int, hi: int, start_id: int, vocab_size: int, n_special: int,
+                  max_order: int = MAX_ORDER, max_text: int = MAX_TEXT) -> Iterator[CacheCounts | None]:
+    """The cache of each position lo .. hi - 1 of a text ids read in order: position t's reads START + ids[:t]
+    (its last max_text + 1 ids), what a fresh AdaptiveSession reads for the prefix ids[:t]."""
+    start = np.array([start_id], dtype=np.int64)
+    for t in range(lo, hi):
+        yield cache_counts(np.concatenate([start, ids[max(0, t - max_text):t]]), vocab_size, max_order, n_special)
+
+
+def stream_probs(static: np.ndarray, ids: np.ndarray, lo: int, start_id: int, n_special: int,
+                 weights: Weights = WEIGHTS, max_text: int = MAX_TEXT) -> np.ndarray:
+    """(n, V) adapted distributions at positions lo .. lo + n - 1 of a text ids read in order, static (n, V) the
+    model's distributions there (the streaming evaluation's session: see stream_caches)."""
+    v = static.shape[1]
+    caches = stream_caches(ids, lo, lo + len(static), start_id, v, n_special, weights.max_order, max_text)
+    return np.stack([mix(p, c, weights, n_special) for p, c in zip(static, caches)]) if len(static) else \
+        np.zeros((0, v))
+
+
+def stream_true(p_true: np.ndarray, ids: np.ndarray, start_id: int, vocab_size: int, n_special: int,
+                weights: Weights = WEIGHTS, max_text: int = MAX_TEXT) -> np.ndarray:
+    """(T,) the adapted probability of each true id of a text read in order, p_true (T,) the model's: the mixture is
+    linear, so each position needs only the model's probability of what came (a true special gets no floor)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    out = np.empty(len(ids))
+    floor = 1.0 / (vocab_size - n_special)
+    for t, c in enumerate(stream_caches(ids, 0, len(ids), start_id, vocab_size, n_special, weights.max_order,
+                                        max_text)):
+        y = int(ids[t])
+        lam_c = 0.0 if c is None else weights.cache_weight(c.order, c.count, c.distinct)
+        q = (1.0 - lam_c - weights.uniform) * float(p_true[t]) + (weights.uniform * floor if y >= n_special else 0.0)
+        out[t] = q + (lam_c * float(c.probs(weights.escape)[y]) if lam_c > 0.0 else 0.0)
     return out
 
 
@@ -294,30 +350,37 @@ class TypingStep:
 
 
 def simulate_typing(pred: Predictor, ids: np.ndarray, max_order: int = MAX_ORDER, max_text: int = MAX_TEXT,
-                    history: np.ndarray | None = None, batch: int = 256) -> Iterator[TypingStep]:
-    """A user types ids from an empty prefix; at position p the cache reads history + START + ids[:p]."""
+                    history: np.ndarray | None = None, batch: int = 256, stride: int | None = None
+                    ) -> Iterator[TypingStep]:
+    """A user types ids from an empty prefix; at position p the cache reads history + START + ids[:p].
+
+    stride: the model reads each prefix through the typing window of that stride (default: the predictor's own).
+    """
     start = pred.vocab.encode(START)
+    model_pred = pred if stride is None else pred.windowed(stride)
     hist = history if history is not None else start[:0]
     text = np.concatenate([hist, start, ids])
     specials = count_specials(pred.vocab)
     off = hist.size + 1  # index of ids[0] in text
     for lo in range(0, ids.size, batch):
         pos = range(lo, min(ids.size, lo + batch))
-        model = np.exp(pred.logprobs([ids[:p] for p in pos]))  # histories: views of ids
+        model = np.exp(model_pred.logprobs([ids[:p] for p in pos]))  # histories: views of ids
         caches = [cache_counts(text[max(0, off + p - max_text - 1):off + p], pred.vocab.size, max_order, specials)
                   for p in pos]
         yield TypingStep(ids[lo:pos.stop].astype(np.intp), model, caches)
 
 
-def tune(pred: Predictor, data: str | Path, split: str = "dev", chars: int = 4000,
-         escapes: Sequence[float] = (0.5, 1.0, 2.0), uniforms: Sequence[float] = (1e-5, 1e-4, 1e-3, 1e-2),
+def tune(pred: Predictor, data: str | Path, split: str = "dev", chars: int = 20000,
+         escapes: Sequence[float] = (1.0, 2.0), uniforms: Sequence[float] = (1e-5, 1e-4, 1e-3),
          grid: Sequence[float] = tuple(np.round(np.arange(0.0, 0.96, 0.05), 2)), max_order: int = MAX_ORDER,
-         min_positions: int = 50) -> tuple[Weights, dict]:
+         min_positions: int = 50, stride: int | None = None) -> tuple[Weights, dict]:
     """Grid-search the mixing weights for least cross-entropy on the first `chars` characters of each language.
 
-    For a fixed (escape, λu) the loss splits into one sum per (M, count) cell, so each cell's λc is the
-    exact grid minimum of its own positions; cells with fewer than min_positions positions copy the cell
-    to their left (or above). Returns the best weights and a summary with bpc before and after.
+    Each language's text is read in a fresh session, as `nextchar eval --stream` reads it (the model through
+    the typing window of `stride`). For a fixed (escape, λu) the loss splits into one sum per (M, column)
+    cell, so each cell's λc is the exact grid minimum of its own positions; cells with fewer than
+    min_positions positions copy the same column one context shorter (0 in the first row). Returns the best
+    weights and a summary with bpc before and after.
     """
     from nextchar.data import open_data
 
@@ -329,11 +392,10 @@ def tune(pred: Predictor, data: str | Path, split: str = "dev", chars: int = 400
     cell: list[np.ndarray] = []  # (row, col) per position; row -1 without cache
     for lang in ds.languages:
         ids = np.asarray(ds.split(lang, split)[:chars])
-        for step in simulate_typing(pred, ids, max_order):
+        for step in simulate_typing(pred, ids, max_order, stride=stride, batch=2048):
             rows = np.arange(step.targets.size)
             pm.append(step.model[rows, step.targets])
-            rc = [(-1, 0) if c is None else
-                  (c.order, int(np.searchsorted(COUNT_EDGES, c.count, side="right")) - 1) for c in step.caches]
+            rc = [(-1, 0) if c is None else (c.order, column(c.count, c.distinct)) for c in step.caches]
             cell.append(np.array(rc, dtype=np.int64).reshape(-1, 2))
             for e in escapes:
                 pc[e].append(np.array([0.0 if c is None else c.probs(e)[y]
@@ -347,16 +409,18 @@ def tune(pred: Predictor, data: str | Path, split: str = "dev", chars: int = 400
     for e in escapes:
         p_cache = np.concatenate(pc[e])
         for u in uniforms:
-            table = np.zeros((max_order + 1, len(COUNT_EDGES)))
+            table = np.zeros((max_order + 1, N_COLUMNS))
             loss = 0.0
             ok_l = lams[lams + u < 1.0]
             for r in range(-1, max_order + 1):
-                for c in range(len(COUNT_EDGES)):
+                for c in range(N_COLUMNS):
                     sel = (cells[:, 0] == r) & (cells[:, 1] == c)
+                    if r >= 0 and sel.sum() < min_positions:
+                        table[r, c] = table[r - 1, c] if r else 0.0
                     if not sel.any():
                         continue
                     if r < 0 or sel.sum() < min_positions:
-                        lam = np.array([0.0 if r < 0 else (table[r, c - 1] if c else table[r - 1, c] if r else 0.0)])
+                        lam = np.array([0.0 if r < 0 else table[r, c]])
                     else:
                         lam = ok_l
                     p = ((1 - lam - u)[:, None] * p_model[sel] + lam[:, None] * p_cache[sel] + u * floor)  # (G, n)

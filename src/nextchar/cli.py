@@ -97,8 +97,8 @@ def train(
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
     threads: Annotated[int | None, typer.Option(help="Torch CPU threads (0 = all cores).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its latest checkpoint.")] = False,
-    model: Annotated[str, typer.Option(help="transformer, or ngram for the Kneser-Ney baseline.")] = "transformer",
-    order: Annotated[int, typer.Option(help="n-gram order (with --model ngram; 0 = choose on dev).")] = 0,
+    model: Annotated[str, typer.Option(help="transformer; ngram for the Kneser-Ney baseline; counts for the language-aware count model.")] = "transformer",
+    order: Annotated[int, typer.Option(help="n-gram order (--model ngram: 0 = choose on dev; --model counts: 0 = its default, 12).")] = 0,
     compile: Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile the model (default: on for CUDA, off on CPU).")] = None,
     grad_checkpoint: Annotated[bool | None, typer.Option("--grad-checkpoint/--no-grad-checkpoint", help="Recompute each layer in the backward pass (less memory, more time).")] = None,
     grow: Annotated[str | None, typer.Option(help="LAYERS@FRACTION, e.g. 4@0.3: train 4 layers for 30% of the budget, then grow to model.n_layers.")] = None,
@@ -106,7 +106,7 @@ def train(
     augment_lower: Annotated[float | None, typer.Option(help="Probability of lower-casing a training sequence.")] = None,
     augment_strip_accents: Annotated[float | None, typer.Option(help="Probability of dropping a training sequence's accents.")] = None,
 ):
-    """Train a model (a CharTransformer, or the n-gram baseline) into a run directory.
+    """Train a model (a CharTransformer, the n-gram baseline or the language-aware count model) into a run directory.
 
     Several GPUs or machines: launch this same command with torchrun, e.g.
     torchrun --standalone --nproc_per_node=8 -m nextchar train ...
@@ -116,8 +116,14 @@ def train(
 
         train_ngram(data, out, order or None)
         return
+    if model == "counts":
+        from nextchar.counts import CountsConfig
+        from nextchar.train_counts import train_counts
+
+        train_counts(data, out, CountsConfig(order=order) if order else None)
+        return
     if model != "transformer":
-        raise UserError(f"--model {model!r}: choose transformer or ngram")
+        raise UserError(f"--model {model!r}: choose transformer, ngram or counts")
     from nextchar.train import train_from_options
 
     budget = {"max_steps": max_steps, "max_tokens": max_tokens, "max_minutes": max_minutes, "device": device,
@@ -138,6 +144,9 @@ def eval_(
     out: Annotated[Path | None, typer.Option(help="Results file, or a folder for eval_<split>.json (default: the run folder; the current folder for a shipped model).")] = None,
     backend: Backend = "auto",
     threads: Threads = 0,
+    stream: Annotated[bool, typer.Option("--stream", help="Streaming: read each language's text in order from its start, predict each character, then let the session learn it; writes eval_stream_<split>.json.")] = False,
+    chars: Annotated[int, typer.Option(help="With --stream: characters read per language (the same for every model).")] = 20000,
+    stride: Annotated[int | None, typer.Option(help="With --stream: the typing window's stride (default: half the model's context).")] = None,
 ):
     """Per-language top-1/top-3 accuracy, cross-entropy and bits per character; writes eval_<split>.json."""
     from nextchar.evaluate import eval_run, format_table
@@ -147,9 +156,15 @@ def eval_(
         raise UserError(f"--device {device!r}: choose cpu or cuda")
     check_int(positions, "--positions")
     check_threads(threads)
+    if not stream and (chars != 20000 or stride is not None):
+        raise UserError("--chars and --stride go with --stream")
     res = eval_run(run, split, data, positions, backend=backend, device=resolve_device(device), out=out,
-                   threads=threads, progress=True)
+                   threads=threads, progress=not stream, stream=stream, chars=chars, stride=stride)
     typer.echo(format_table(res))
+    if stream:
+        m = res.get("macro_static")
+        if m:
+            typer.echo(f"static (no adaptation): top-1 {m['top1']:.2%} top-3 {m['top3']:.2%} bpc {m['bpc']:.3f}")
     typer.echo(f"wrote {res['out']}")
 
 
@@ -290,12 +305,11 @@ def quickstart(
     preset: Annotated[str, typer.Option(help="Model preset.")] = "quick",
     minutes: Annotated[float, typer.Option(help="Transformer training budget in minutes.")] = 10.0,
     threads: Threads = 0,
-    ngram_order: Annotated[int, typer.Option(help="Order of the Kneser-Ney n-gram mixed in.")] = 8,
 ):
-    """The main job: prepare Dasher, train a Transformer and the n-gram on CPU, mix them, evaluate on test, suggest."""
+    """The main job: prepare Dasher, train a Transformer and the count model on CPU, combine them, evaluate on test, suggest."""
     from nextchar.quickstart import quickstart as run_quickstart
 
-    run_quickstart(data, run, preset, minutes, threads, ngram_order)
+    run_quickstart(data, run, preset, minutes, threads)
 
 
 study_app = typer.Typer(no_args_is_help=True, help="Architecture study: sweep a grid, write the report.")
@@ -390,19 +404,23 @@ def export(
 @app.command()
 @friendly
 def mix(
-    transformer: Annotated[Path, typer.Option(help="Transformer run directory.")],
-    ngram: Annotated[Path, typer.Option(help="n-gram run directory (nextchar train --model ngram).")],
-    out: Annotated[Path, typer.Option(help="Mixture run directory to write.")],
-    data: Annotated[Path | None, typer.Option(help="Data directory for tuning (default: the Transformer's).")] = None,
-    positions: Annotated[int, typer.Option(help="Dev positions per language for tuning the weight.")] = 500,
+    transformer: Annotated[Path, typer.Option(help="Transformer run or model folder.")],
+    out: Annotated[Path, typer.Option(help="Mixture folder to write.")],
+    counts: Annotated[Path | None, typer.Option(help="Count model folder (nextchar train --model counts).")] = None,
+    ngram: Annotated[Path | None, typer.Option(help="n-gram run folder (nextchar train --model ngram), instead of --counts.")] = None,
+    method: Annotated[str, typer.Option(help="loglinear (weights per cell, renormalized), cells (linear weight per cell) or linear (one weight).")] = "loglinear",
+    data: Annotated[Path | None, typer.Option(help="Data directory for fitting (default: the Transformer's).")] = None,
+    positions: Annotated[int, typer.Option(help="Dev positions per language for fitting the rule.")] = 2000,
     threads: Threads = 0,
 ):
-    """Interpolate a Transformer with the n-gram (weight tuned on dev) into a run usable by eval/predict/serve."""
+    """Combine a Transformer with a count model (or the n-gram), the rule fitted on dev, into a folder usable by eval/predict/serve."""
     from nextchar.mix import make_mixture
 
     check_int(positions, "--positions")
+    if (counts is None) == (ngram is None):
+        raise UserError("give one of --counts DIR or --ngram DIR (the part combined with the Transformer)")
     threads_option(threads)
-    make_mixture(transformer, ngram, out, data, positions)
+    make_mixture(transformer, counts or ngram, out, data, positions, method)
 
 
 @app.command()

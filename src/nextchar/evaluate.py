@@ -1,4 +1,9 @@
-"""Per-language evaluation through the engine contract: top-1/top-3 accuracy, cross-entropy, bits per character."""
+"""Per-language evaluation through the engine contract: top-1/top-3 accuracy, cross-entropy, bits per character.
+
+Static (`evaluate`): evenly spaced positions, each predicted from the split's past alone. Streaming
+(`evaluate_stream`): each language's text read in order from its start, every character predicted and then
+learned by the session's adaptation (adapt.py), as a user's typing session would.
+"""
 
 from __future__ import annotations
 
@@ -58,11 +63,81 @@ def evaluate(pred: engine.Predictor, ds: DataSet, split: str = "dev", positions:
                        "bpc": float(ce / n / math.log(2))}
     if not langs:
         raise UserError(f"{ds.path}: the {split} split is empty for every language")
+    macro, micro = _summary(langs)
+    return {"split": split, "positions": positions, "languages": langs, "macro": macro, "micro": micro}
+
+
+def stream_stride(pred: engine.Predictor) -> int:
+    """The typing window's stride a streaming evaluation reads through by default: half the longest context."""
+    return max(1, pred.context // 2)
+
+
+def _hits(lp: np.ndarray, y: np.ndarray, ok: np.ndarray) -> tuple[float, float, float]:
+    """(top-1 hits, top-3 hits, nats) of log-probabilities lp (n, V) for targets y (n,), as `evaluate` counts;
+    ok: the suggestible masks (n, V)."""
+    top = top_ids(np.exp(lp), ok, 3)  # (n, 3) what the engine suggests
+    return (float((top[:, 0] == y).sum()), float((top == y[:, None]).any(axis=1).sum()),
+            float(-lp[np.arange(len(y)), y].sum()))
+
+
+def _summary(langs: dict) -> tuple[dict, dict]:
     keys = ("top1", "top3", "ce", "bpc")
     total = sum(m["n"] for m in langs.values())
     macro = {k: float(np.mean([m[k] for m in langs.values()])) for k in keys}
     micro = {k: float(sum(m[k] * m["n"] for m in langs.values()) / total) for k in keys}
-    return {"split": split, "positions": positions, "languages": langs, "macro": macro, "micro": micro}
+    return macro, micro
+
+
+def evaluate_stream(pred: engine.Predictor, ds: DataSet, split: str = "test", chars: int = 20000,
+                    stride: int | None = None, adapt: bool = True, batch_size: int = 2048) -> dict:
+    """Metrics per language reading the first `chars` characters of each split in order (all when shorter).
+
+    Position t is predicted from START + text[:t] through the typing window of `stride` (default
+    stream_stride: what a typing session with that stride shows), then adapted by a fresh session that has
+    read START + text[:t] (adapt.stream_probs: what adapt.AdaptiveSession gives for that prefix); hits and
+    bits are counted as `evaluate` counts them. Each language's row holds the adapted metrics and, under
+    "static", the same positions without adaptation (adapt=False: static only). Raises UserError for another
+    vocabulary or an empty split.
+    """
+    from nextchar import adapt as adapt_mod
+
+    if pred.vocab.hash != ds.vocab.hash:
+        raise UserError(f"{ds.path}: data vocabulary ({ds.vocab.hash}) differs from the model's ({pred.vocab.hash})")
+    if chars < 1:
+        raise UserError(f"--chars {chars}: must be at least 1")
+    stride = stream_stride(pred) if stride is None else stride
+    win = pred.windowed(stride)
+    n_special = adapt_mod.count_specials(pred.vocab)
+    langs, static = {}, {}
+    for lang in ds.languages:
+        ids = np.asarray(ds.split(lang, split)[:chars], dtype=np.int64)
+        if len(ids) == 0:
+            continue
+        sums, sums_static = np.zeros(3), np.zeros(3)
+        for lo in range(0, len(ids), batch_size):
+            pos = range(lo, min(len(ids), lo + batch_size))
+            hist = [ids[:p] for p in pos]  # histories are views of the text
+            lp = win.logprobs(hist)  # (n, V)
+            ok = pred.suggestible_after(hist)  # (n, V) the engine's ranking rules, as `evaluate` applies them
+            y = ids[lo:pos.stop]
+            sums_static += _hits(lp, y, ok)
+            if adapt:
+                probs = adapt_mod.stream_probs(np.exp(lp), ids, lo, pred.start_id, n_special)  # (n, V)
+                with np.errstate(divide="ignore"):
+                    sums += _hits(np.log(probs), y, ok)
+        n = len(ids)
+        static[lang] = {"n": n, "top1": sums_static[0] / n, "top3": sums_static[1] / n, "ce": sums_static[2] / n,
+                        "bpc": sums_static[2] / n / math.log(2)}
+        langs[lang] = ({"n": n, "top1": sums[0] / n, "top3": sums[1] / n, "ce": sums[2] / n,
+                        "bpc": sums[2] / n / math.log(2), "static": static[lang]} if adapt else static[lang])
+    if not langs:
+        raise UserError(f"{ds.path}: the {split} split is empty for every language")
+    macro, micro = _summary(langs)
+    out = {"split": split, "mode": "stream", "chars": chars, "stride": stride, "adapt": adapt, "languages": langs,
+           "macro": macro, "micro": micro}
+    if adapt:
+        out["macro_static"], out["micro_static"] = _summary(static)
+    return out
 
 
 def count_positions(ds: DataSet, split: str, positions: int) -> int:
@@ -124,11 +199,13 @@ def results_path(folder: Path, split: str, out: str | Path | None = None) -> Pat
 
 def eval_run(run: str | Path, split: str = "test", data: str | Path | None = None, positions: int = 2000,
              backend: str = "auto", device: str = "cpu", out: str | Path | None = None,
-             threads: int | None = None, progress: bool = False) -> dict:
+             threads: int | None = None, progress: bool = False, stream: bool = False, chars: int = 20000,
+             stride: int | None = None) -> dict:
     """`nextchar eval`: evaluate a run (or a model by name) on a split and write the results (see results_path).
 
-    The result carries "run", "data" and, once written, "out" (the file's path). progress: a progress bar with
-    the time left on stderr.
+    stream=True: the streaming evaluation (evaluate_stream, the first `chars` characters of each language) into
+    eval_stream_<split>.json. The result carries "run", "data" and, once written, "out" (the file's path).
+    progress: a progress bar with the time left on stderr (the static evaluation).
     """
     if split not in SPLITS:
         raise UserError(f"--split {split!r}: choose dev or test")
@@ -137,11 +214,14 @@ def eval_run(run: str | Path, split: str = "test", data: str | Path | None = Non
     pred = engine.load(folder, backend=backend, device=device, threads=threads)
     data = data_dir(describe(folder), data)
     ds = open_data(data)
-    with progress_bar(f"eval {split}", count_positions(ds, split, positions), progress) as tick:
-        res = evaluate(pred, ds, split, positions, progress=tick)
+    if stream:
+        res = evaluate_stream(pred, ds, split, chars, stride)
+    else:
+        with progress_bar(f"eval {split}", count_positions(ds, split, positions), progress) as tick:
+            res = evaluate(pred, ds, split, positions, progress=tick)
     res["run"] = str(run)
     res["data"] = str(data)
-    path = results_path(folder, split, out)
+    path = results_path(folder, f"stream_{split}" if stream else split, out)
     atomic_write_json(path, res)
     res["out"] = str(path)
     return res

@@ -1,8 +1,9 @@
-"""`make quickstart`: prepare Dasher, train a Transformer and the n-gram on CPU, mix them, evaluate on test, suggest.
+"""`make quickstart`: prepare Dasher, train a Transformer and the count model on CPU, combine them, evaluate, suggest.
 
-The run folder is the mixture (the model a user gets); its parts are RUN/transformer and RUN/ngram. The
-mixture is there because 10-15 CPU-minutes do not train the Transformer past the Kneser-Ney n-gram, while the
-two together beat either (docs/recipe.md has the numbers).
+The run folder is the combination (the model a user gets); its parts are RUN/transformer and RUN/counts (the
+language-aware count model). The combination is there because 10-15 CPU-minutes do not train the Transformer
+past the count model, while the two together, by a log-linear rule fitted on dev, beat either
+(docs/quality.md has the numbers).
 """
 
 from __future__ import annotations
@@ -32,8 +33,11 @@ EXAMPLES = [
 ]
 
 
+FIT_POSITIONS = 1000  # dev positions per language for the combination's rule (its fit takes about a minute)
+
+
 def quickstart(data: Path, run: Path, preset: str = "quick", minutes: float = 10.0, threads: int = 0,
-               ngram_order: int = 8) -> Path:
+               counts_config=None, fit_positions: int = FIT_POSITIONS) -> Path:
     t0 = time.time()
     set_threads(threads)
     data, run = Path(data), Path(run)
@@ -46,7 +50,7 @@ def quickstart(data: Path, run: Path, preset: str = "quick", minutes: float = 10
 
         print(f"== preparing the Dasher corpus into {data}")
         prepare(data)
-    tr, ng = run / "transformer", run / "ngram"
+    tr, cm = run / "transformer", run / "counts"
     if (tr / "result.json").exists():
         print(f"== {tr} is already trained (delete it to train again)")
     else:
@@ -59,17 +63,17 @@ def quickstart(data: Path, run: Path, preset: str = "quick", minutes: float = 10
         cfg.train.max_minutes = minutes
         cfg.train.threads = threads
         train(data, tr, cfg, resume=resume, preset=preset)
-    if not (ng / "config.json").exists():
-        from nextchar.train_ngram import train_ngram
+    if not (cm / "config.json").exists():
+        from nextchar.train_counts import train_counts
 
-        print(f"== counting the order-{ngram_order} Kneser-Ney n-gram into {ng}")
-        train_ngram(data, ng, ngram_order)
+        print(f"== counting the language-aware count model into {cm}")
+        train_counts(data, cm, counts_config)
     if not (run / "config.json").exists():
         from nextchar.mix import make_mixture
 
-        print(f"== mixing them into {run} (weight tuned on dev)")
-        make_mixture(tr, ng, run, data)
-    print("== evaluating the mixture on the test split")
+        print(f"== combining them into {run} (log-linear rule fitted on dev)")
+        make_mixture(tr, cm, run, data, fit_positions, "loglinear")
+    print("== evaluating the combination on the test split")
     res = eval_run(run, "test", data)
     print(format_table(res))
     pred = engine.load(run)

@@ -1,8 +1,9 @@
 """Streaming evaluation: read a text in order, predict each character, then let the predictor learn it.
 
-Bits per character of the count model (static, and adapting through a session PPM over it) and of PPMd var. H
-(`pyppmd`, the 7-Zip PPMd) on exactly the same characters. The text is the first N characters of a split
-(the whole split when shorter), read as "\\n" + text like every prediction.
+Bits per character of the count model (static, and adapting through the session's cache model, adapt.py, as
+`nextchar eval --stream` reads it) and of PPMd var. H (`pyppmd`, the 7-Zip PPMd) on exactly the same characters.
+The text is the first N characters of a split (the whole split when shorter), read as "\\n" + text like every
+prediction.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nextchar.ppm import SessionConfig, stream_adapted
+from nextchar.adapt import WEIGHTS, Weights, count_specials, stream_true
 
 LN2 = math.log(2)
 PPMD_ORDER = 12
@@ -29,7 +30,7 @@ class CountStream:
     """Per-position natural-log probabilities of the true ids for one text."""
 
     static: np.ndarray  # (T,) the count model, no learning
-    adapting: np.ndarray  # (T,) with the session PPM learning each character after predicting it
+    adapting: np.ndarray  # (T,) with the session (adapt.py) learning each character after predicting it
     oracle_static: np.ndarray | None = None  # (T,) the true language's own model
     oracle_adapting: np.ndarray | None = None
 
@@ -38,15 +39,16 @@ class CountStream:
         return float(-lp.mean() / LN2) if lp.size else float("nan")
 
 
-def stream_counts(model, ids: np.ndarray, session: SessionConfig, lang: int | None = None) -> CountStream:
+def stream_counts(model, ids: np.ndarray, lang: int | None = None, weights: Weights = WEIGHTS) -> CountStream:
     """Stream a text through a CountModel: static and adapting log p per position (and the oracle's when the
-    language index `lang` is given)."""
+    language index `lang` is given); the same numbers as `nextchar eval --stream` of the count model."""
     lp, _, full = model.stream_logprobs(ids)
-    out = CountStream(lp, np.log(stream_adapted(ids, np.exp(lp), session)))
+    start, v, ns = model.vocab.stoi["\n"], model.vocab.size, count_specials(model.vocab)
+    out = CountStream(lp, np.log(stream_true(np.exp(lp), ids, start, v, ns, weights)))
     if lang is not None:
         o = full[:, lang]
         out.oracle_static = o
-        out.oracle_adapting = np.log(stream_adapted(ids, np.exp(o), session))
+        out.oracle_adapting = np.log(stream_true(np.exp(o), ids, start, v, ns, weights))
     return out
 
 

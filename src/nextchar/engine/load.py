@@ -69,12 +69,14 @@ def _load(folder: Path, backend: str, device: str, threads: int | None, tag: str
         return OnnxPredictor(folder, int8=backend == "onnx-int8", threads=1 if threads is None else threads,
                              stride=stride)
     if desc.kind == "mixture":
-        from nextchar.engine.mixture_backend import MixturePredictor
+        from nextchar.engine.mixture_backend import MixturePredictor, Rule
 
         cfg = desc.config
+        # a mixture written before learned rules stores only its global linear weight
+        rule = Rule.from_dict(cfg["rule"] if isinstance(cfg.get("rule"), dict) else {"weight": cfg.get("weight")})
         # `/` keeps an absolute component path as it is; a relative one is inside the mixture's folder.
         a, b = (_load(_component(folder, p), backend, device, threads, tag, stride) for p in cfg["components"])
-        return MixturePredictor(a, b, float(cfg["weight"]), folder.name)
+        return MixturePredictor(a, b, rule, folder.name)
     if desc.kind == "counts":
         from nextchar.engine.counts_backend import CountsPredictor
 
