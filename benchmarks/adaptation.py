@@ -38,11 +38,12 @@ PASSAGES = {
 }
 
 
-def score(pred: engine.Predictor, ids: np.ndarray, specials: np.ndarray) -> dict[str, dict[str, float]]:
+def score(pred: engine.Predictor, ids: np.ndarray, specials: np.ndarray, stride: int | None = None
+          ) -> dict[str, dict[str, float]]:
     """Typing ids from an empty session: top-1/top-3/bpc of the plain model and of the adapted mixture."""
     sums = {"plain": np.zeros(3), "adapted": np.zeros(3)}  # top-1 hits, top-3 hits, nats
     n_special = int(specials.sum())
-    for step in simulate_typing(pred, ids, WEIGHTS.max_order):
+    for step in simulate_typing(pred, ids, WEIGHTS.max_order, stride=stride):
         adapted = np.stack([mix(m, c, WEIGHTS, n_special) for m, c in zip(step.model, step.caches)])  # (n, V)
         rows = np.arange(step.targets.size)
         for name, probs in (("plain", step.model), ("adapted", adapted)):
@@ -63,6 +64,9 @@ def main() -> None:
     ap.add_argument("--chars", type=int, default=3000, help="Characters typed per language, from the split's start.")
     ap.add_argument("--langs", help="Comma-separated languages (default: all).")
     ap.add_argument("--tune", action="store_true", help="Re-tune the weights on dev first and print them.")
+    ap.add_argument("--tune-chars", type=int, default=20000, help="Dev characters per language for --tune.")
+    ap.add_argument("--stride", type=int, default=0,
+                    help="Typing window stride for the model (0: half its context, as `nextchar eval --stream`).")
     ap.add_argument("--json", type=Path, help="Also write the results here.")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -71,7 +75,7 @@ def main() -> None:
         data = args.data or Path(json.loads((args.run / "config.json").read_text(encoding="utf-8"))["data"])
         if args.tune:
             t = time.perf_counter()
-            w, summary = tune(pred, data)
+            w, summary = tune(pred, data, chars=args.tune_chars, stride=args.stride or max(1, pred.context // 2))
             print(f"tuned on dev in {time.perf_counter() - t:.0f}s: {summary}\n{format_weights(w)}\n")
             print("(the table below still uses the module's weights; paste the above into adapt.py to use these)\n")
         ds = open_data(data)
@@ -87,7 +91,8 @@ def main() -> None:
           f"{'bpc plain':>9} {'adapted':>8}")
     results, t0 = {}, time.perf_counter()
     for name, ids in texts.items():
-        r = results[name] = {**score(pred, ids, specials), "n": int(ids.size)}
+        r = results[name] = {**score(pred, ids, specials, args.stride or max(1, pred.context // 2)),
+                             "n": int(ids.size)}
         p, a = r["plain"], r["adapted"]
         print(f"{name:<10}{ids.size:>6}  {p['top1']:>11.2%} {a['top1']:>8.2%}  {p['top3']:>11.2%} {a['top3']:>8.2%}  "
               f"{p['bpc']:>9.3f} {a['bpc']:>8.3f}", flush=True)

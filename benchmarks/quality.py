@@ -267,6 +267,12 @@ def main(argv=None) -> None:
                            dev["y"], "linear")
     del dev
 
+    # -- choosing on dev: each rule read at the dev positions of `nextchar eval` (between those it was fitted on)
+    dev_parts_eval = {"tr": cached(cache / f"static_{T}_dev_{n}.npz", lambda: static_logprobs(tr, ds, "dev", n)),
+                      "counts": cached(cache / f"static_{C}_dev_{n}.npz", lambda: static_logprobs(cm, ds, "dev", n))}
+    choosing = {"Transformer alone": score_static(dev_parts_eval["tr"], ds, "dev", n, ok),
+                "language-aware count model": score_static(dev_parts_eval["counts"], ds, "dev", n, ok)}
+
     # -- static, on the same positions
     def lps_of(name, pred, lang_index=False):
         return cached(cache / f"static_{name}_{sp}_{n}.npz", lambda: static_logprobs(pred, ds, sp, n, lang_index))
@@ -284,6 +290,9 @@ def main(argv=None) -> None:
     names = {"linear": "Transformer + counts, one weight", "cells": "Transformer + counts, weight per cell",
              "loglinear": "Transformer + counts, log-linear per cell"}
     for method, rule in rules.items():
+        choosing[names[method]] = score_static(
+            {lang: rule.combine(dev_parts_eval["tr"][lang], dev_parts_eval["counts"][lang]) for lang in ds.languages},
+            ds, "dev", n, ok)
         static[names[method]] = score_static(
             {lang: rule.combine(parts["tr"][lang], parts["counts"][lang]) for lang in ds.languages}, ds, sp, n, ok)
     static["shipped default"] = score_static(lps_of(f"default_{tag(args.default)}", default), ds, sp, n, ok)
@@ -334,6 +343,12 @@ def main(argv=None) -> None:
           f"each language's {sp} text read in order (`nextchar eval --stream`; Transformer parts through the typing "
           f"window of stride context/2). Rules fitted on dev ({args.fit_positions} positions per language). "
           f"Macro over {len(ds.languages)} languages.\n")
+    print("## Choosing on dev (macro; rules fitted on the dev positions between these)\n")
+    print("| system | top-1 | top-3 | bpc |\n|---|---|---|---|")
+    for name, r in choosing.items():
+        m = r["macro"]
+        print(f"| {name} | {m['top1']:.2%} | {m['top3']:.2%} | {m['bpc']:.3f} |")
+    print()
     print("## Summary (macro)\n")
     print(summary_table(static, stream, ppmd))
     print()

@@ -114,3 +114,28 @@ def test_failed_package_leaves_the_previous_one(evaluated_run, tmp_path, monkeyp
     with pytest.raises(UserError, match=f"MODEL_CARD.md: cannot write \\(Input/output error\\); {out} is as it was"):
         package_model(evaluated_run, out, half=True)
     assert _snapshot(out) == before and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_combined_package_travels_and_describes_itself(evaluated_run, tiny_data_dir, tmp_path):
+    from nextchar.counts import CountsConfig, PosteriorConfig
+    from nextchar.engine.mixture_backend import MixturePredictor
+    from nextchar.package import package_combined
+    from nextchar.train_counts import train_counts
+
+    counts = tmp_path / "counts"
+    train_counts(tiny_data_dir, counts, CountsConfig(order=4, posterior=PosteriorConfig(window=16)))
+    out = package_combined(evaluated_run, counts, tmp_path / "default", tiny_data_dir,
+                           {"transformer": "nextchar train --preset tiny", "counts": "nextchar train --model counts"},
+                           positions=40, stream_chars=50, eval_positions=30)
+    assert not (out / "transformer" / "checkpoints").exists() and (out / "transformer" / "onnx").is_dir()
+    pred = engine.load(out)
+    assert isinstance(pred, MixturePredictor) and isinstance(pred.a, OnnxPredictor)
+    card = (out / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert "nextchar train --preset tiny" in card and "nextchar train --model counts" in card
+    assert "| ru |" in card and "**macro**" in card and "loglinear" in card
+    prefixes = ["", "Hello wor", "Привет, ми"]
+    before = pred.dist(prefixes)
+    np.testing.assert_allclose(before.sum(axis=1), 1.0, rtol=1e-6)
+    shutil.copytree(out, tmp_path / "elsewhere" / "m")  # the data is found by --data, the parts by their place
+    shutil.rmtree(out)
+    np.testing.assert_array_equal(engine.load(tmp_path / "elsewhere" / "m").dist(prefixes), before)

@@ -431,13 +431,21 @@ def package(
     command: Annotated[str, typer.Option(help="The training command, recorded in the model card.")] = "",
     half: Annotated[bool, typer.Option("--half", help="Store the weights as float16 (half the size).")] = False,
     onnx: Annotated[bool, typer.Option("--onnx", help="Also write the model's ONNX form (OUT/onnx), which a torch-free install runs.")] = False,
+    counts: Annotated[Path | None, typer.Option(help="A count model: package the combined default model (the run's ONNX form in float16 + the count model + a rule fitted on dev), evaluated on test, static and streaming.")] = None,
+    counts_command: Annotated[str, typer.Option(help="With --counts: the count model's command, for the card.")] = "",
+    data: Annotated[Path | None, typer.Option(help="With --counts: the data directory (default: the run's).")] = None,
+    keep_torch: Annotated[bool, typer.Option("--keep-torch", help="With --counts: also ship the PyTorch weights.")] = False,
     threads: Threads = 0,
     force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out that is not a previous package.")] = False,
 ):
-    """Package a run's best weights with a model card (how the shipped default model is made)."""
-    from nextchar.package import package_model
+    """Package a run's best weights with a model card (with --counts: the combined default model)."""
+    from nextchar.package import package_combined, package_model
 
     threads_option(threads)
+    if counts is not None:
+        commands = {"transformer": command, "counts": counts_command, "package": "nextchar " + " ".join(sys.argv[1:])}
+        typer.echo(f"wrote {package_combined(run, counts, out, data, commands, keep_torch=keep_torch, force=force)}")
+        return
     typer.echo(f"wrote {package_model(run, out, command, half, onnx, force=force)}")
 
 

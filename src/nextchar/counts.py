@@ -77,7 +77,8 @@ class PosteriorConfig:
 class CountsConfig:
     """What `train_counts` builds: model kind and order, pruning, quantization, and the posterior."""
 
-    # defaults chosen on Dasher dev from the size-vs-quality table (benchmarks/counts_eval.py size): 29 MB on disk
+    # defaults chosen on Dasher dev from the size-vs-quality table (benchmarks/counts_eval.py size): 37 MB on disk,
+    # what the default model's 50 MB leave beside the Transformer's ONNX form (10.5 MB); prune 0.5 gives 29 MB
     order: int = 12
     kind: str = "kn"  # "kn": interpolated modified Kneser-Ney; "ppm": Dasher's PPM (blending, update exclusion)
     ppm_alpha: float = DASHER_ALPHA
@@ -86,7 +87,7 @@ class CountsConfig:
     cutoffs: tuple[int, ...] = ()
     # likelihood pruning: drop an n-gram of order >= 3 when backing off from it loses less than `prune` nats of
     # training log-likelihood (0: off); applied after the cutoffs
-    prune: float = 0.5
+    prune: float = 0.35
     bits: int = 8  # storage of the interpolation terms: 8 or 16 (log-domain codes), 32 (float32)
     posterior: PosteriorConfig = field(default_factory=PosteriorConfig)
 
