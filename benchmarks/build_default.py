@@ -141,7 +141,14 @@ def main() -> None:
     ap.add_argument("--counts-command", default="")
     ap.add_argument("--positions", type=int, default=2000, help="dev positions per language for the rule")
     ap.add_argument("--cost-only", action="store_true", help="measure an existing --out and rewrite its card")
+    ap.add_argument("--card-only", action="store_true",
+                    help="rewrite the card of an existing --out from its eval_*.json and the saved cost figures")
     args = ap.parse_args()
+    cost_path = args.out.parent / f"{args.out.name}-cost.json"
+    if args.card_only:
+        write_combined_card(args.out, None, cost_rows(json.loads(cost_path.read_text())))
+        print(f"wrote {args.out / 'MODEL_CARD.md'}")
+        return
     commands = {"transformer": args.transformer_command, "counts": args.counts_command,
                 "package": "python benchmarks/build_default.py " + " ".join(sys.argv[1:])}
     t0 = time.time()
@@ -149,7 +156,7 @@ def main() -> None:
         package_combined(args.transformer, args.counts, args.out, args.data, commands, positions=args.positions)
         print(f"packaged and evaluated in {time.time() - t0:.0f} s", flush=True)
     cost = measure(args.out, args.data)
-    (args.out.parent / f"{args.out.name}-cost.json").write_text(json.dumps(cost, indent=1))
+    cost_path.write_text(json.dumps(cost, indent=1))
     rows = cost_rows(cost)
     write_combined_card(args.out, None, rows)
     for k, v in rows.items():
