@@ -153,11 +153,13 @@ def cached(path: Path, compute):
 
 
 def score_static(lps: dict, ds, split: str, positions: int, ok) -> dict:
+    """ok(histories) -> the suggestible masks (N, V) there (the engine's ranking rules, as `nextchar eval`)."""
     langs = {}
     for lang, lp in lps.items():
         arr = ds.split(lang, split)
-        y = arr[eval_positions(len(arr), positions)].astype(np.int64)
-        langs[lang] = row(hits(lp.astype(np.float64), y, ok), len(y))
+        pos = eval_positions(len(arr), positions)
+        y = arr[pos].astype(np.int64)
+        langs[lang] = row(hits(lp.astype(np.float64), y, ok([arr[:p] for p in pos.tolist()])), len(y))
     return {"languages": langs, "macro": macro(langs)}
 
 
@@ -170,13 +172,15 @@ def stream_logprobs(pred, ids: np.ndarray, stride: int) -> np.ndarray:
 
 def score_stream(lp: np.ndarray, ids: np.ndarray, ok, start_id: int, n_special: int, adapting: bool) -> np.ndarray:
     """hits of the static stream lp (T, V), or of the adapted one (the session's cache model reading the text)."""
-    if not adapting:
-        return hits(lp.astype(np.float64), ids, ok)
     h = np.zeros(3)
     for lo in range(0, len(ids), 2048):
+        masks = ok([ids[:p] for p in range(lo, min(len(ids), lo + 2048))])  # (n, V)
+        if not adapting:
+            h += hits(lp[lo:lo + 2048].astype(np.float64), ids[lo:lo + len(masks)], masks)
+            continue
         probs = adapt.stream_probs(np.exp(lp[lo:lo + 2048].astype(np.float64)), ids, lo, start_id, n_special)
         with np.errstate(divide="ignore"):
-            h += hits(np.log(probs), ids[lo:lo + len(probs)], ok)
+            h += hits(np.log(probs), ids[lo:lo + len(probs)], masks)
     return h
 
 
@@ -236,7 +240,7 @@ def main(argv=None) -> None:
     ds = open_data(args.data)
     tr, cm = engine.load(args.transformer, threads=1), engine.load(args.counts)
     default = engine.load(args.default, threads=1)
-    ok = tr.suggestible()
+    ok = tr.suggestible_after  # histories -> masks (N, V): what every surface may suggest there
     sp, n = args.split, args.positions
     tag = lambda p: Path(engine.resolve(p)).resolve().name  # noqa: E731
     T, C = tag(args.transformer), tag(args.counts)
@@ -295,7 +299,12 @@ def main(argv=None) -> None:
             ds, "dev", n, ok)
         static[names[method]] = score_static(
             {lang: rule.combine(parts["tr"][lang], parts["counts"][lang]) for lang in ds.languages}, ds, sp, n, ok)
-    static["shipped default"] = score_static(lps_of(f"default_{tag(args.default)}", default), ds, sp, n, ok)
+    own = Path(engine.resolve(args.default)) / f"eval_{sp}.json"
+    own_res = json.loads(own.read_text()) if own.exists() else {}
+    if own_res.get("positions") == n:  # its card's figures: `nextchar eval`, the same positions and rules
+        static["shipped default"] = {"languages": own_res["languages"], "macro": macro(own_res["languages"])}
+    else:
+        static["shipped default"] = score_static(lps_of(f"default_{tag(args.default)}", default), ds, sp, n, ok)
 
     # -- streaming
     stream, ppmd = {}, {}
@@ -312,10 +321,19 @@ def main(argv=None) -> None:
                    "Transformer alone": lambda lang: streams["tr"][lang]}
         for method, rule in rules.items():
             systems[names[method]] = (lambda r: lambda lang: r.combine(streams["tr"][lang], streams["counts"][lang]))(rule)
-        def_path = cache / f"stream_default_{tag(args.default)}_{sp}_{args.chars}_s{s_def}.npz"
-        streams["default"] = cached(def_path, lambda: {lang: stream_logprobs(
-            default, ds.split(lang, sp)[:args.chars].astype(np.int64), s_def) for lang in ds.languages})
-        systems["shipped default"] = lambda lang: streams["default"][lang]
+        own = Path(engine.resolve(args.default)) / f"eval_stream_{sp}.json"
+        own_res = json.loads(own.read_text()) if own.exists() else {}
+        if own_res.get("chars") == args.chars and own_res.get("stride") == s_def and own_res.get("adapt"):
+            # its card's figures: `nextchar eval --stream`, the same characters, window and adaptation
+            stream["shipped default"] = {
+                "static": {"languages": {k: v["static"] for k, v in own_res["languages"].items()},
+                           "macro": own_res["macro_static"]},
+                "adapting": {"languages": own_res["languages"], "macro": own_res["macro"]}}
+        else:
+            def_path = cache / f"stream_default_{tag(args.default)}_{sp}_{args.chars}_s{s_def}.npz"
+            streams["default"] = cached(def_path, lambda: {lang: stream_logprobs(
+                default, ds.split(lang, sp)[:args.chars].astype(np.int64), s_def) for lang in ds.languages})
+            systems["shipped default"] = lambda lang: streams["default"][lang]
         for name, get in systems.items():
             path = cache / f"streamscore_{name.replace(' ', '_').replace(',', '')}_{T}_{C}_{sp}_{args.chars}.json"
             if path.exists() and name != "shipped default":
