@@ -272,6 +272,27 @@ def test_train_counts_cli(tiny_data_dir, tmp_path, capsys) -> None:
     assert main(["--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "n")]) == 2
 
 
+def test_train_counts_has_one_writer_and_refuses_a_file(tiny_data_dir, tmp_path, capsys) -> None:
+    """Issue 14's kinds for this job: a file as --out, and a second writer while one holds the folder."""
+    import os
+
+    from nextchar import safefs
+
+    f = tmp_path / "f"
+    f.write_text("keep")
+    assert main(["--data", str(tiny_data_dir), "--out", str(f), "--order", "3"]) == 2
+    assert capsys.readouterr().err == f"error: {f}: is a file, not a model folder (use another --out)\n"
+    assert f.read_text() == "keep"
+    out = tmp_path / "m"
+    out.mkdir()
+    with safefs.RunLock(out / "train.lock", "the other writer"):
+        assert main(["--data", str(tiny_data_dir), "--out", str(out), "--order", "3"]) == 2
+        assert f"train.lock: in use by pid {os.getpid()}" in capsys.readouterr().err
+    assert not (out / "config.json").exists()
+    assert main(["--data", str(tiny_data_dir), "--out", str(out), "--order", "3"]) == 0
+    assert not (out / "train.lock").exists() and load_model(out).order == 3
+
+
 # ------------------------------------------------------------------------------------------ session PPM, streaming
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nextchar import safefs
 from nextchar.count_tables import KINDS, CountTables, language_terms
 from nextchar.counts import CountModel, CountsConfig, PosteriorConfig, folder_bytes, save_model
 from nextchar.errors import UserError
@@ -53,13 +54,19 @@ def train_counts(data: str | Path, out: str | Path, config: CountsConfig | None 
     config = config or CountsConfig()
     config.check()
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: is a file, not a model folder (use another --out)")
     if (out / "config.json").exists():
         raise UserError(f"{out}: already holds a model (use another --out)")
     t0 = time.time()
     models, langs, vocab, sizes = fit_languages(data, config.order)
     model = build_model(models, vocab, langs, config, sizes)
     fit_s = time.time() - t0
-    save_model(model, out, {"data": str(Path(data).resolve())})
+    out.mkdir(parents=True, exist_ok=True)
+    with safefs.locked(out / "train.lock", "nextchar train --model counts"):  # one writer per folder
+        if (out / "config.json").exists():
+            raise UserError(f"{out}: already holds a model (use another --out)")
+        save_model(model, out, {"data": str(Path(data).resolve())})  # config.json last: a kill leaves no model
     info = {"out": str(out), "languages": len(langs), "entries": model.tables.n_entries,
             "bytes": folder_bytes(out), "fit_seconds": round(fit_s, 1), "context": model.context}
     print(json.dumps(info))
