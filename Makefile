@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 DATA ?= data/dasher
 RUN ?= runs/quickstart
-QUICK_MINUTES ?= 12
+QUICK_MINUTES ?= 14
 QUICK_PRESET ?= quick
 QUICK_THREADS ?= 0
 

@@ -303,7 +303,7 @@ def quickstart(
     data: Annotated[Path, typer.Option(help="Data directory (prepared from Dasher if missing).")] = Path("data/dasher"),
     run: Annotated[Path, typer.Option(help="Run directory to write.")] = Path("runs/quickstart"),
     preset: Annotated[str, typer.Option(help="Model preset.")] = "quick",
-    minutes: Annotated[float, typer.Option(help="Transformer training budget in minutes.")] = 10.0,
+    minutes: Annotated[float, typer.Option(help="Transformer training budget in minutes.")] = 14.0,
     threads: Threads = 0,
 ):
     """The main job: prepare Dasher, train a Transformer and the count model on CPU, combine them, evaluate on test, suggest."""
