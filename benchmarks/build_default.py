@@ -61,7 +61,8 @@ def rss_of(pid: int) -> dict:
 
 
 def post(url: str, body: dict) -> dict:
-    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    data = json.dumps(body, ensure_ascii=False).encode("utf-8")  # as a browser sends it (JSON.stringify)
+    req = urllib.request.Request(url, data, {"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=60) as r:
         return json.loads(r.read())
 
@@ -83,7 +84,8 @@ def serving(folder: Path, ds, sessions: int = 8, keys: int = 400, observe: int =
         for i in range(sessions):
             lang = langs[(3 * i) % len(langs)]
             text = ds.text(lang, "train")
-            post(url + "v1/session/observe", {"session": f"s{i}", "text": text[:observe]})
+            for lo in range(0, observe, 5000):  # messages of 5,000 characters (a body is at most 64 KB)
+                post(url + "v1/session/observe", {"session": f"s{i}", "text": text[lo:min(observe, lo + 5000)]})
             typed = ds.text(lang, "dev")[:keys]
             for j in range(1, len(typed) + 1):
                 t = time.perf_counter()

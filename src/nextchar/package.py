@@ -181,7 +181,8 @@ def package_combined(run: str | Path, counts: str | Path, out: str | Path, data:
                 cfg["commands"] = dict(commands or {})
             write_description(folder, cfg)
         meta = files.read_json(tr / ONNX_FORM / "config.json", "export config")
-        meta.get("source", {})["run"] = str((out / "transformer").resolve())
+        meta["data"] = hint
+        meta["source"] = dict(meta.get("source", {}), run="..", data=hint)  # the package around it: travels
         files.atomic_write_json(tr / ONNX_FORM / "config.json", meta)
         (work / "train.lock").unlink(missing_ok=True)
         pred = engine.load(work)
