@@ -67,10 +67,13 @@ def quickstart(data: Path, run: Path, preset: str = "quick", minutes: float = 14
         cfg.train.final_eval_positions = 0
         train(data, tr, cfg, resume=resume, preset=preset)
     if not (cm / "config.json").exists():
+        from nextchar.counts import CountsConfig
         from nextchar.train_counts import train_counts
 
         print(f"== counting the language-aware count model into {cm}")
-        train_counts(data, cm, counts_config)
+        # unpruned: a run folder has no size budget, and pruning to the shipped model's 37 MB costs about 0.4
+        # points of top-3 and 0.05 bpc (docs/counts.md's size table)
+        train_counts(data, cm, counts_config or CountsConfig(prune=0.0))
     if not (run / "config.json").exists():
         from nextchar.mix import make_mixture
 
