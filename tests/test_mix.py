@@ -15,16 +15,6 @@ from nextchar.mix import CELL_GRID, WEIGHT_GRID, component_logprobs, fit_positio
 
 
 @pytest.fixture(scope="module")
-def tiny_counts(tiny_data_dir, tmp_path_factory):
-    from nextchar.counts import CountsConfig, PosteriorConfig
-    from nextchar.train_counts import train_counts
-
-    out = tmp_path_factory.mktemp("mix_counts") / "counts"
-    train_counts(tiny_data_dir, out, CountsConfig(order=5, posterior=PosteriorConfig(window=24)))
-    return out
-
-
-@pytest.fixture(scope="module")
 def dev_parts(tiny_run, tiny_counts, tiny_data_dir):
     ds = open_data(tiny_data_dir)
     la, y, lang = component_logprobs(engine.load(tiny_run), ds, "dev", 120)

@@ -46,6 +46,16 @@ def _check_out(run: Path, out: Path, force: bool) -> None:
                         "--out as a whole: give a new folder, or --force to replace it")
 
 
+def _abandon(work: Path, out: Path, e: BaseException) -> None:
+    """After a failed build in the staging folder `work`: remove it and turn a full disk or another OSError into
+    a one-line UserError saying that out is as it was (other exceptions are left to the caller to re-raise)."""
+    safefs.rmtree(work)
+    if safefs.is_no_space(e):
+        raise safefs.no_space_error(Path(e.filename or work), None, f"{out} is as it was") from None
+    if isinstance(e, OSError):
+        raise UserError(f"{e.filename or out}: cannot write ({e.strerror or e}); {out} is as it was") from None
+
+
 def package_model(run: str | Path, out: str | Path, command: str = "", half: bool = False,
                   onnx: bool = False, force: bool = False, card: bool = True) -> Path:
     """Copy a run's best weights (no optimizer state), config and vocabulary, and write MODEL_CARD.md.
@@ -96,11 +106,7 @@ def package_model(run: str | Path, out: str | Path, command: str = "", half: boo
             files.atomic_write_json(work / ONNX_FORM / "config.json", meta)
         safefs.replace_dir(work, out)
     except BaseException as e:
-        safefs.rmtree(work)
-        if safefs.is_no_space(e):
-            raise safefs.no_space_error(Path(e.filename or work), None, f"{out} is as it was") from None
-        if isinstance(e, OSError):
-            raise UserError(f"{e.filename or out}: cannot write ({e.strerror or e}); {out} is as it was") from None
+        _abandon(work, out, e)
         raise
     return out
 
@@ -191,11 +197,7 @@ def package_combined(run: str | Path, counts: str | Path, out: str | Path, data:
         write_combined_card(work, commands)
         safefs.replace_dir(work, out)
     except BaseException as e:
-        safefs.rmtree(work)
-        if safefs.is_no_space(e):
-            raise safefs.no_space_error(Path(e.filename or work), None, f"{out} is as it was") from None
-        if isinstance(e, OSError):
-            raise UserError(f"{e.filename or out}: cannot write ({e.strerror or e}); {out} is as it was") from None
+        _abandon(work, out, e)
         raise
     return out
 
