@@ -37,7 +37,7 @@ READY = """t => { const b = document.getElementById('board');
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", default=None, help="run or export folder (default: the shipped default model)")
-    ap.add_argument("--backend", default="torch")
+    ap.add_argument("--backend", default="auto", help="auto (the ONNX form where the folder has one), torch, onnx, onnx-int8")
     ap.add_argument("--threads", type=int, default=1, help="the server's threads")
     ap.add_argument("--chars", type=int, default=300, help="keystrokes in all (spread over the texts)")
     ap.add_argument("--screenshot", default=None, help="also save the page after the last keystroke (PNG)")
