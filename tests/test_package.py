@@ -139,3 +139,15 @@ def test_combined_package_travels_and_describes_itself(evaluated_run, tiny_data_
     shutil.copytree(out, tmp_path / "elsewhere" / "m")  # the data is found by --data, the parts by their place
     shutil.rmtree(out)
     np.testing.assert_array_equal(engine.load(tmp_path / "elsewhere" / "m").dist(prefixes), before)
+
+
+def test_package_names_what_is_wrong_with_the_run(tmp_path):
+    """A missing folder and the shipped combined model (no training checkpoints) each get their own one-line
+    error, and --out is never created."""
+    from nextchar import models
+
+    for run, needle in ((tmp_path / "nope", "run directory not found"),
+                        (models.DEFAULT, "a combined model folder, not a training run")):
+        r = cli("package", "--run", run, "--out", tmp_path / "pkg")
+        assert r.exit_code == 2 and r.output.count("\n") == 1 and needle in r.output, r.output
+        assert not (tmp_path / "pkg").exists()

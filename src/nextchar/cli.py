@@ -174,7 +174,7 @@ def predict(
     prefix: Annotated[str | None, typer.Argument(help="Text typed so far.")] = None,
     run: Annotated[str | None, typer.Option("--run", "--model", help="Run or model folder, or a shipped model's name (default: the model shipped with nextchar).")] = None,
     k: Annotated[int, typer.Option("-k", help="How many characters to suggest.")] = 3,
-    input: Annotated[Path | None, typer.Option("--input", help="File of prefixes, one per line (UTF-8, or UTF-16 with a byte-order mark).")] = None,
+    input: Annotated[Path | None, typer.Option("--input", help="File of prefixes, one per line (UTF-8, or UTF-16/32 with a byte-order mark).")] = None,
     output: Annotated[Path | None, typer.Option("--output", help="Where file mode writes k characters per line.")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Write JSON (one line per prefix: chars, probs, unknown_share) instead of text.")] = False,
     backend: Backend = "auto",
@@ -197,7 +197,7 @@ def predict(
     pred = engine.load(resolve_run(run), backend=backend, threads=threads)
     if input is not None:
         n = predict_file(pred, input, output, k, json_)
-        typer.echo(f"wrote {n} lines to {output}", err=True)
+        typer.echo(f"wrote {n} line{'' if n == 1 else 's'} to {output}", err=True)
         return
     row = pred.topk(prefix, k)
     if json_:
@@ -214,7 +214,7 @@ def complete(
     prefix: Annotated[str | None, typer.Argument(help="Text typed so far.")] = None,
     run: Annotated[str | None, typer.Option("--run", "--model", help="Run or model folder, or a shipped model's name (default: the model shipped with nextchar).")] = None,
     k: Annotated[int, typer.Option("-k", help="How many completions.")] = 3,
-    input: Annotated[Path | None, typer.Option("--input", help="File of prefixes, one per line (UTF-8, or UTF-16 with a byte-order mark).")] = None,
+    input: Annotated[Path | None, typer.Option("--input", help="File of prefixes, one per line (UTF-8, or UTF-16/32 with a byte-order mark).")] = None,
     output: Annotated[Path | None, typer.Option("--output", help="Where file mode writes tab-separated completions per line.")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Write JSON (one line per prefix: completions, probs, unknown_share) instead of text.")] = False,
     beam: Annotated[int, typer.Option(help="Hypotheses kept per search step.")] = 4,
@@ -242,7 +242,7 @@ def complete(
     pred = engine.load(resolve_run(run), backend=backend, threads=threads)
     if input is not None:
         n = complete_file(pred, input, output, k, json_, cfg)
-        typer.echo(f"wrote {n} lines to {output}", err=True)
+        typer.echo(f"wrote {n} line{'' if n == 1 else 's'} to {output}", err=True)
         return
     rows = run_complete(pred, prefix, k, config=cfg)
     if json_:

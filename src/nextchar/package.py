@@ -71,9 +71,15 @@ def package_model(run: str | Path, out: str | Path, command: str = "", half: boo
     run, out = Path(run), Path(out)
     if out.is_symlink():
         out = out.resolve()
+    if not run.is_dir():
+        raise UserError(f"{run}: run directory not found")
     _check_out(run, out, force)
     ck = checkpoint.find(run, "best")
     if ck is None:
+        kind = describe(run).kind if (run / "config.json").exists() else None
+        if kind == "mixture":
+            raise UserError(f"{run}: a combined model folder, not a training run; package its Transformer run with "
+                            "--counts COUNTS instead")
         raise UserError(f"{run}: run has no best checkpoint to package")
     test = result = None
     if card:
