@@ -84,7 +84,7 @@ def package_model(run: str | Path, out: str | Path, command: str = "", half: boo
     test = result = None
     if card:
         if not (run / "eval_test.json").exists():
-            raise UserError(f"{run / 'eval_test.json'}: test evaluation not found (run `nextchar eval --split test` "
+            raise UserError(f"{run / 'eval_test.json'}: test evaluation not found (run `nextchar eval --run RUN --split test` "
                             "first)")
         test = runfiles.eval_result(run / "eval_test.json")
         result = runfiles.train_result(run / "result.json")
@@ -134,7 +134,7 @@ def model_card(cfg: dict, result: dict, test: dict, command: str, half: bool = F
         f"({result['steps']:,} steps, {result['tokens']:,} characters) on {result.get('device', '?')}; "
         f"best dev loss {result['best_dev_loss']:.4f} nats (step {result.get('best_step', '?')}).", "",
         "Command:", "", "```sh", command or "(not recorded)", "```", "",
-        f"## Test metrics ({test['positions']} positions per language, `nextchar eval --split test`)", "",
+        f"## Test metrics ({test['positions']} positions per language, `nextchar eval --run MODEL --split test`)", "",
         "| language | top-1 | top-3 | bits/char |", "|---|---|---|---|",
     ]
     for lang, r in test["languages"].items():
@@ -241,8 +241,8 @@ def write_combined_card(out: str | Path, commands: dict[str, str] | None = None,
         "cache model of `nextchar.adapt`; the streaming figures below include it.", "",
         "Commands:", "", "```sh", *(commands.get(k, f"({k}: not recorded)") for k in ("transformer", "counts", "package")),
         "```", "",
-        f"## Test metrics (`nextchar eval --split test`, {static['positions']} positions per language; "
-        f"`nextchar eval --stream --split test`, the first {stream['chars']:,} characters)", "",
+        f"## Test metrics (`nextchar eval --run MODEL --split test`, {static['positions']} positions per language; "
+        f"`nextchar eval --run MODEL --stream --split test`, the first {stream['chars']:,} characters)", "",
         "| language | top-1 | top-3 | bits/char | streaming bits/char, static | streaming, adapting |",
         "|---|---|---|---|---|---|",
     ]
