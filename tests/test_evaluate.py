@@ -196,3 +196,18 @@ def test_streaming_count_model_equals_the_streaming_module(tiny_data_dir, tmp_pa
         s = stream_counts(pred.model, ds.split(lang, "test")[:90].astype(np.int64))
         assert res["languages"][lang]["bpc"] == pytest.approx(CountStream.bpc(s.adapting), rel=1e-9)
         assert res["languages"][lang]["static"]["bpc"] == pytest.approx(CountStream.bpc(s.static), rel=1e-9)
+
+
+def test_evaluation_refuses_data_of_another_vocabulary(tiny_run, tmp_path):
+    """Ids of another vocabulary mean other characters: one error naming the data and both hashes, for the
+    static and the streaming evaluation alike (DataSet.check_vocab, which mix and adapt.tune use too)."""
+    from nextchar import engine
+    from nextchar.evaluate import evaluate_stream
+
+    pred = engine.load(tiny_run)
+    ds = toy_data({"xx": "ab ab"})
+    want = f"{ds.path}: data vocabulary ({ds.vocab.hash}) differs from the model's ({pred.vocab.hash})"
+    for call in (lambda: evaluate(pred, ds, "dev"), lambda: evaluate_stream(pred, ds, "dev")):
+        with pytest.raises(UserError) as e:
+            call()
+        assert str(e.value) == want

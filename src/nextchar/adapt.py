@@ -385,8 +385,7 @@ def tune(pred: Predictor, data: str | Path, split: str = "dev", chars: int = 200
     from nextchar.data import open_data
 
     ds = open_data(data)
-    if ds.vocab.hash != pred.vocab.hash:
-        raise UserError(f"{ds.path}: data vocabulary ({ds.vocab.hash}) differs from the model's ({pred.vocab.hash})")
+    ds.check_vocab(pred.vocab)
     pm: list[np.ndarray] = []  # p_model(target) per position
     pc: dict[float, list[np.ndarray]] = {e: [] for e in escapes}  # p_cache(target) per escape, 0 without cache
     cell: list[np.ndarray] = []  # (row, col) per position; row -1 without cache

@@ -47,6 +47,11 @@ class DataSet:
     def dtype(self) -> np.dtype:
         return np.dtype(self.stats["dtype"])
 
+    def check_vocab(self, vocab: Vocab, whose: str = "the model's") -> None:
+        """UserError unless this data was encoded with `vocab` (its hash): ids would mean other characters."""
+        if self.vocab.hash != vocab.hash:
+            raise UserError(f"{self.path}: data vocabulary ({self.vocab.hash}) differs from {whose} ({vocab.hash})")
+
     def bin_path(self, lang: str, split: str) -> Path:
         return self.path / lang / f"{split}.bin"
 

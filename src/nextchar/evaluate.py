@@ -38,8 +38,7 @@ def evaluate(pred: engine.Predictor, ds: DataSet, split: str = "dev", positions:
     """
     positions = check_int(positions, "positions")
     batch_size = check_int(batch_size, "batch_size")
-    if pred.vocab.hash != ds.vocab.hash:
-        raise UserError(f"{ds.path}: data vocabulary ({ds.vocab.hash}) differs from the model's ({pred.vocab.hash})")
+    ds.check_vocab(pred.vocab)
     langs = {}
     for lang in ds.languages:
         arr = ds.split(lang, split)
@@ -101,8 +100,7 @@ def evaluate_stream(pred: engine.Predictor, ds: DataSet, split: str = "test", ch
     """
     from nextchar import adapt as adapt_mod
 
-    if pred.vocab.hash != ds.vocab.hash:
-        raise UserError(f"{ds.path}: data vocabulary ({ds.vocab.hash}) differs from the model's ({pred.vocab.hash})")
+    ds.check_vocab(pred.vocab)
     if chars < 1:
         raise UserError(f"--chars {chars}: must be at least 1")
     stride = stream_stride(pred) if stride is None else stride

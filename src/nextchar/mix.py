@@ -191,8 +191,7 @@ def make_mixture(transformer: str | Path, other: str | Path, out: str | Path, da
     if a.vocab.hash != b.vocab.hash:
         raise UserError(f"{other}: another vocabulary than {transformer}")
     ds = open_data(data_dir(describe(engine.resolve(transformer)), data))
-    if ds.vocab.hash != a.vocab.hash:
-        raise UserError(f"{ds.path}: data vocabulary ({ds.vocab.hash}) differs from the models' ({a.vocab.hash})")
+    ds.check_vocab(a.vocab, "the models'")
     la, y, lang = component_logprobs(a, ds, "dev", positions)
     lb, _, _ = component_logprobs(b, ds, "dev", positions)
     rule, info = fit_rule(la, lb, y, method)
