@@ -36,11 +36,8 @@ from predict_latency import keystrokes, rate, trace, typing_prefixes  # noqa: E4
 from nextchar import engine  # noqa: E402
 from nextchar.data import open_data  # noqa: E402
 from nextchar.export import dev_prefixes  # noqa: E402
+from nextchar.files import folder_bytes  # noqa: E402
 from nextchar.package import package_combined, write_combined_card  # noqa: E402
-
-
-def folder_mb(path: Path) -> float:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
 
 
 def cold_load(folder: Path, runs: int = 5) -> dict:
@@ -101,7 +98,7 @@ def serving(folder: Path, ds, sessions: int = 8, keys: int = 400, observe: int =
 
 def measure(folder: Path, data: str) -> dict:
     ds = open_data(data)
-    res = {"load_avg_start": os.getloadavg()[0], "size_mb": folder_mb(folder), "load": cold_load(folder)}
+    res = {"load_avg_start": os.getloadavg()[0], "size_mb": folder_bytes(folder) / 1e6, "load": cold_load(folder)}
     pred = engine.load(folder, threads=1)
     typed = typing_prefixes(ds, 250)
     res["keystroke"] = keystrokes(pred, typed, True, 60.0)

@@ -26,8 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from nextchar.counts import CountModel, CountsConfig, folder_bytes, load_model, tail
+from nextchar.counts import CountModel, CountsConfig, load_model, tail
 from nextchar.data import eval_positions, open_data
+from nextchar.files import folder_bytes
 from nextchar.streaming import CountStream, ppmd_bits, ppmd_size, stream_ids
 from nextchar.train_counts import build_model, fit_languages
 

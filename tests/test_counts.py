@@ -14,13 +14,13 @@ from nextchar.counts import (
     CountModel,
     CountsConfig,
     PosteriorConfig,
-    folder_bytes,
     load_model,
     save_model,
     tail,
 )
 from nextchar.data import open_data
 from nextchar.errors import UserError
+from nextchar.files import folder_bytes
 from nextchar.ngram import NGramModel
 from nextchar.ppm import DASHER_ALPHA as A
 from nextchar.ppm import DASHER_BETA as B

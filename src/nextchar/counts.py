@@ -524,7 +524,3 @@ def tail(seq: np.ndarray, p: int, n: int, start_id: int) -> IntArray:
     if p >= n:
         return np.asarray(seq[p - n:p], dtype=np.int64)
     return np.concatenate(([start_id], seq[:p])).astype(np.int64)
-
-
-def folder_bytes(path: str | Path) -> int:
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())

@@ -123,3 +123,8 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def folder_bytes(path: str | Path) -> int:
+    """Bytes of every file under a folder (its size on disk, as a model's size budget counts it)."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())

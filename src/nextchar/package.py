@@ -46,6 +46,15 @@ def _check_out(run: Path, out: Path, force: bool) -> None:
                         "--out as a whole: give a new folder, or --force to replace it")
 
 
+def _staging(out: Path) -> Path:
+    """A new empty folder beside out to build a package in (safefs.staging_dir); UserError when it cannot be."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return safefs.staging_dir(out, "package")
+    except OSError as e:
+        raise UserError(f"{out}: cannot create ({e.strerror or e})") from None
+
+
 def _abandon(work: Path, out: Path, e: BaseException) -> None:
     """After a failed build in the staging folder `work`: remove it and turn a full disk or another OSError into
     a one-line UserError saying that out is as it was (other exceptions are left to the caller to re-raise)."""
@@ -94,11 +103,7 @@ def package_model(run: str | Path, out: str | Path, command: str = "", half: boo
         weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
     state = {k: v for k, v in state.items() if k not in ("optimizer", "sampler", "rng", "files")}
     text = model_card(cfg, result, test, command, half).encode("utf-8") if card else None
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        work = safefs.staging_dir(out, "package")
-    except OSError as e:
-        raise UserError(f"{out}: cannot create ({e.strerror or e})") from None
+    work = _staging(out)
     try:
         write_description(work, cfg)
         files.atomic_write_bytes(work / "vocab.json", (run / "vocab.json").read_bytes())
@@ -174,11 +179,7 @@ def package_combined(run: str | Path, counts: str | Path, out: str | Path, data:
     for part in (run, counts):
         _check_out(part, out, force)
     ds = open_data(data_dir(describe(run), data))
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        work = safefs.staging_dir(out, "package")
-    except OSError as e:
-        raise UserError(f"{out}: cannot create ({e.strerror or e})") from None
+    work = _staging(out)
     try:  # built beside out and swapped in whole, as package_model does
         tr = package_model(run, work / "transformer", half=True, onnx=True, card=False)
         if not keep_torch:
@@ -196,7 +197,6 @@ def package_combined(run: str | Path, counts: str | Path, out: str | Path, data:
         meta["data"] = hint
         meta["source"] = dict(meta.get("source", {}), run="..", data=hint)  # the package around it: travels
         files.atomic_write_json(tr / ONNX_FORM / "config.json", meta)
-        (work / "train.lock").unlink(missing_ok=True)
         pred = engine.load(work)
         files.atomic_write_json(work / "eval_test.json", evaluate(pred, ds, "test", eval_positions))
         files.atomic_write_json(work / "eval_stream_test.json", evaluate_stream(pred, ds, "test", stream_chars))
@@ -219,7 +219,7 @@ def write_combined_card(out: str | Path, commands: dict[str, str] | None = None,
     stream = files.read_json(out / "eval_stream_test.json", "streaming evaluation")
     commands = commands or cfg.get("commands") or {}
     m, c, rule, fit = tr_cfg["model"], cm_cfg["counts"], cfg["rule"], cfg.get("fit", {})
-    mb = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 1e6
+    mb = files.folder_bytes(out) / 1e6
     lines = [
         "# nextchar default model", "",
         f"Two predictors combined, {len(cfg.get('languages', []))} languages ({', '.join(cfg.get('languages', []))}), "

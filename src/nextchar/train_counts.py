@@ -14,8 +14,9 @@ import numpy as np
 
 from nextchar import safefs
 from nextchar.count_tables import KINDS, CountTables, language_terms
-from nextchar.counts import CountModel, CountsConfig, PosteriorConfig, folder_bytes, save_model
+from nextchar.counts import CountModel, CountsConfig, PosteriorConfig, save_model
 from nextchar.errors import UserError
+from nextchar.files import folder_bytes
 from nextchar.ngram import NGramModel
 from nextchar.vocab import Vocab
 
