@@ -79,6 +79,11 @@ def _hits(lp: np.ndarray, y: np.ndarray, ok: np.ndarray) -> tuple[float, float, 
             float(-lp[np.arange(len(y)), y].sum()))
 
 
+def _row(sums: np.ndarray, n: int) -> dict:
+    """A language's metrics from (top-1 hits, top-3 hits, nats) summed over its n positions."""
+    return {"n": n, "top1": sums[0] / n, "top3": sums[1] / n, "ce": sums[2] / n, "bpc": sums[2] / n / math.log(2)}
+
+
 def _summary(langs: dict) -> tuple[dict, dict]:
     keys = ("top1", "top3", "ce", "bpc")
     total = sum(m["n"] for m in langs.values())
@@ -101,8 +106,7 @@ def evaluate_stream(pred: engine.Predictor, ds: DataSet, split: str = "test", ch
     from nextchar import adapt as adapt_mod
 
     ds.check_vocab(pred.vocab)
-    if chars < 1:
-        raise UserError(f"--chars {chars}: must be at least 1")
+    chars = check_int(chars, "--chars")
     stride = stream_stride(pred) if stride is None else stride
     win = pred.windowed(stride)
     n_special = adapt_mod.count_specials(pred.vocab)
@@ -123,11 +127,8 @@ def evaluate_stream(pred: engine.Predictor, ds: DataSet, split: str = "test", ch
                 probs = adapt_mod.stream_probs(np.exp(lp), ids, lo, pred.start_id, n_special)  # (n, V)
                 with np.errstate(divide="ignore"):
                     sums += _hits(np.log(probs), y, ok)
-        n = len(ids)
-        static[lang] = {"n": n, "top1": sums_static[0] / n, "top3": sums_static[1] / n, "ce": sums_static[2] / n,
-                        "bpc": sums_static[2] / n / math.log(2)}
-        langs[lang] = ({"n": n, "top1": sums[0] / n, "top3": sums[1] / n, "ce": sums[2] / n,
-                        "bpc": sums[2] / n / math.log(2), "static": static[lang]} if adapt else static[lang])
+        static[lang] = _row(sums_static, len(ids))
+        langs[lang] = dict(_row(sums, len(ids)), static=static[lang]) if adapt else static[lang]
     if not langs:
         raise UserError(f"{ds.path}: the {split} split is empty for every language")
     macro, micro = _summary(langs)

@@ -22,7 +22,7 @@ import numpy as np
 from nextchar import engine, safefs
 from nextchar.data import DataSet, open_data
 from nextchar.engine.folder import component_path, data_dir, describe, write_description
-from nextchar.engine.mixture_backend import LOG_FLOOR, Rule
+from nextchar.engine.mixture_backend import Rule
 from nextchar.errors import UserError, check_int
 
 METHODS = ("linear", "cells", "loglinear")
@@ -92,19 +92,13 @@ def _cell_weights(ta: np.ndarray, tb: np.ndarray, cell: np.ndarray, n: int, w0: 
     return tuple(out)
 
 
-def _inputs(rule: Rule, la: np.ndarray, lb: np.ndarray) -> np.ndarray:
-    """The log-linear rule's inputs (3, n, V): log p_a, log p_b, log p_lin, floored at LOG_FLOOR."""
-    la, lb = la.astype(np.float64), lb.astype(np.float64)
-    return np.maximum(np.stack([la, lb, rule.linear_mix(la, lb)]), LOG_FLOOR)
-
-
 def _stats(rule: Rule, la: np.ndarray, lb: np.ndarray, y: np.ndarray, rows: np.ndarray, th: np.ndarray
            ) -> tuple[float, np.ndarray, np.ndarray]:
     """(negative log-likelihood, gradient (3,), Hessian (3, 3)) of the log-linear rule θ = th over `rows`."""
     nll, g, h = 0.0, np.zeros(3), np.zeros((3, 3))
     for lo in range(0, len(rows), CHUNK):
         r = rows[lo:lo + CHUNK]
-        x = _inputs(rule, la[r], lb[r])  # (3, n, V)
+        x = rule.loglinear_inputs(la[r], lb[r])  # (3, n, V)
         z = np.tensordot(th, x, axes=1)  # (n, V)
         z -= z.max(axis=1, keepdims=True)
         p = np.exp(z)

@@ -92,9 +92,15 @@ class Rule:
                 return self.linear_mix(la, lb)
             return self.linear_mix(la, lb, np.asarray(self.weights)[self.cell(la, lb)])
         th = np.asarray(self.coef)[self.cell(la, lb)]  # (N, 3)
-        z = (th[:, :1] * np.maximum(la, LOG_FLOOR) + th[:, 1:2] * np.maximum(lb, LOG_FLOOR)
-             + th[:, 2:] * np.maximum(self.linear_mix(la, lb), LOG_FLOOR))  # (N, V)
+        x = self.loglinear_inputs(la, lb)  # (3, N, V)
+        z = th[:, :1] * x[0] + th[:, 1:2] * x[1] + th[:, 2:] * x[2]  # (N, V)
         return z - np.logaddexp.reduce(z, axis=1, keepdims=True)
+
+    def loglinear_inputs(self, la: np.ndarray, lb: np.ndarray) -> np.ndarray:
+        """The log-linear rule's inputs (3, N, V) float64: log p_a, log p_b and log p_lin, floored at LOG_FLOOR
+        (what combine weighs, and what mix.py's fit differentiates)."""
+        la, lb = np.asarray(la, dtype=np.float64), np.asarray(lb, dtype=np.float64)
+        return np.maximum(np.stack([la, lb, self.linear_mix(la, lb)]), LOG_FLOOR)
 
     def to_dict(self) -> dict:
         return {"method": self.method, "weight": self.weight, "cells": [[f, list(e)] for f, e in self.cells],
