@@ -36,9 +36,9 @@ import numpy as np
 
 from nextchar import adapt, engine
 from nextchar.data import eval_positions, open_data
-from nextchar.engine.base import top_ids, window
+from nextchar.engine.base import window
 from nextchar.engine.mixture_backend import Rule
-from nextchar.evaluate import stream_stride
+from nextchar.evaluate import stream_stride, suggestion_hits
 from nextchar.mix import METHODS, component_logprobs, fit_rule
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -113,12 +113,6 @@ def oracle_kn(data) -> Oracle:
 # ------------------------------------------------------------------------------------------ measuring
 
 
-def hits(lp: np.ndarray, y: np.ndarray, ok: np.ndarray) -> np.ndarray:
-    """(top-1 hits, top-3 hits, nats) of rows lp (n, V) for targets y (n,), counted as nextchar eval does."""
-    top = top_ids(np.exp(lp), ok, 3)
-    return np.array([(top[:, 0] == y).sum(), (top == y[:, None]).any(axis=1).sum(), -lp[np.arange(len(y)), y].sum()])
-
-
 def row(h: np.ndarray, n: int) -> dict:
     return {"n": n, "top1": h[0] / n, "top3": h[1] / n, "bpc": h[2] / n / LN2}
 
@@ -159,7 +153,7 @@ def score_static(lps: dict, ds, split: str, positions: int, ok) -> dict:
         arr = ds.split(lang, split)
         pos = eval_positions(len(arr), positions)
         y = arr[pos].astype(np.int64)
-        langs[lang] = row(hits(lp.astype(np.float64), y, ok([arr[:p] for p in pos.tolist()])), len(y))
+        langs[lang] = row(np.array(suggestion_hits(lp.astype(np.float64), y, ok([arr[:p] for p in pos.tolist()]))), len(y))
     return {"languages": langs, "macro": macro(langs)}
 
 
@@ -176,11 +170,11 @@ def score_stream(lp: np.ndarray, ids: np.ndarray, ok, start_id: int, n_special: 
     for lo in range(0, len(ids), 2048):
         masks = ok([ids[:p] for p in range(lo, min(len(ids), lo + 2048))])  # (n, V)
         if not adapting:
-            h += hits(lp[lo:lo + 2048].astype(np.float64), ids[lo:lo + len(masks)], masks)
+            h += suggestion_hits(lp[lo:lo + 2048].astype(np.float64), ids[lo:lo + len(masks)], masks)
             continue
         probs = adapt.stream_probs(np.exp(lp[lo:lo + 2048].astype(np.float64)), ids, lo, start_id, n_special)
         with np.errstate(divide="ignore"):
-            h += hits(np.log(probs), ids[lo:lo + len(probs)], masks)
+            h += suggestion_hits(np.log(probs), ids[lo:lo + len(probs)], masks)
     return h
 
 

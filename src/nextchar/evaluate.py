@@ -71,7 +71,7 @@ def stream_stride(pred: engine.Predictor) -> int:
     return max(1, pred.context // 2)
 
 
-def _hits(lp: np.ndarray, y: np.ndarray, ok: np.ndarray) -> tuple[float, float, float]:
+def suggestion_hits(lp: np.ndarray, y: np.ndarray, ok: np.ndarray) -> tuple[float, float, float]:
     """(top-1 hits, top-3 hits, nats) of log-probabilities lp (n, V) for targets y (n,), as `evaluate` counts;
     ok: the suggestible masks (n, V)."""
     top = top_ids(np.exp(lp), ok, 3)  # (n, 3) what the engine suggests
@@ -122,11 +122,11 @@ def evaluate_stream(pred: engine.Predictor, ds: DataSet, split: str = "test", ch
             lp = win.logprobs(hist)  # (n, V)
             ok = pred.suggestible_after(hist)  # (n, V) the engine's ranking rules, as `evaluate` applies them
             y = ids[lo:pos.stop]
-            sums_static += _hits(lp, y, ok)
+            sums_static += suggestion_hits(lp, y, ok)
             if adapt:
                 probs = adapt_mod.stream_probs(np.exp(lp), ids, lo, pred.start_id, n_special)  # (n, V)
                 with np.errstate(divide="ignore"):
-                    sums += _hits(np.log(probs), y, ok)
+                    sums += suggestion_hits(np.log(probs), y, ok)
         static[lang] = _row(sums_static, len(ids))
         langs[lang] = dict(_row(sums, len(ids)), static=static[lang]) if adapt else static[lang]
     if not langs:
